@@ -1,0 +1,93 @@
+"""Assemble a Dragonfly model + processor: from the tiny profile, or from pretrained
+vision and LLM backbones (the paper profile: CLIP ViT-B/32 + Llama-3-8B-Instruct).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+from dragonfly.config import Layout, ModelSection
+from dragonfly.modeling import DragonflyConfig, DragonflyForConditionalGeneration
+from dragonfly.processing import CLIP_MEAN, CLIP_STD
+from dragonfly.processor import IMAGE_TOKEN, DragonflyImageProcessor, DragonflyProcessor
+from dragonfly.tiny import TinySpec, build_tokenizer, text_config, vision_config
+
+
+def _dragonfly_config(vision_cfg, text_cfg, image_token_id: int, layout: Layout) -> DragonflyConfig:
+    return DragonflyConfig(vision_config=vision_cfg, text_config=text_cfg, image_token_id=image_token_id,
+                           **asdict(layout))
+
+
+def make_processor(config: DragonflyConfig, tokenizer, image_mean=CLIP_MEAN, image_std=CLIP_STD) -> DragonflyProcessor:
+    """The processor that matches ``config``: same tiling, same image sequence length."""
+    image_processor = DragonflyImageProcessor(
+        tile_size=config.tile_size,
+        medium_grids=config.medium_grids,
+        high_grids=config.high_grids,
+        resize_mode=config.resize_mode,
+        image_mean=image_mean,
+        image_std=image_std,
+    )
+    return DragonflyProcessor(image_processor, tokenizer, image_seq_length=config.image_seq_length)
+
+
+def build_tiny(spec: TinySpec | None = None, layout: Layout | None = None, seed: int = 0):
+    """A random-init tiny model and its processor; seconds on a CPU, no download."""
+    spec, layout = spec or TinySpec(), layout or Layout()
+    tokenizer = build_tokenizer(spec.vocab_size)
+    config = _dragonfly_config(vision_config(spec), text_config(spec, tokenizer),
+                               tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), layout)
+    torch.manual_seed(seed)
+    model = DragonflyForConditionalGeneration(config)
+    return model, make_processor(config, tokenizer)
+
+
+def _vision_backbone(path: str, dtype: torch.dtype):
+    """Load a vision tower from a vision-only or a dual-encoder (CLIP/SigLIP) checkpoint."""
+    cfg = AutoConfig.from_pretrained(path)
+    vision_cfg = getattr(cfg, "vision_config", cfg)
+    tower = AutoModel.from_pretrained(path, config=vision_cfg, dtype=dtype)
+    mean, std = CLIP_MEAN, CLIP_STD
+    preprocessor = Path(path) / "preprocessor_config.json"
+    if preprocessor.is_file():  # a hub id resolves through the cache; local dirs are read directly
+        meta = json.loads(preprocessor.read_text())
+        mean, std = tuple(meta.get("image_mean", mean)), tuple(meta.get("image_std", std))
+    return tower, vision_cfg, mean, std
+
+
+def build_from_backbones(vision: str, llm: str, layout: Layout | None = None, dtype: str = "float32",
+                         seed: int = 0):
+    """Pretrained vision encoder + pretrained causal LLM + a fresh projector.
+
+    The ``<image>`` token is added to the tokenizer as a special token; the model never
+    embeds it (its positions are overwritten by image features), so the LLM's embedding
+    table stays as released.
+    """
+    layout = layout or Layout()
+    torch_dtype = getattr(torch, dtype)
+    tower, vision_cfg, mean, std = _vision_backbone(vision, torch_dtype)
+    tokenizer = AutoTokenizer.from_pretrained(llm)
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=torch_dtype)
+    config = _dragonfly_config(vision_cfg, language_model.config, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), layout)
+    torch.manual_seed(seed)
+    model = DragonflyForConditionalGeneration(config, vision_tower=tower, language_model=language_model)
+    model.projector.to(torch_dtype)
+    return model, make_processor(config, tokenizer, mean, std)
+
+
+def build_model(section: ModelSection):
+    """Model + processor for a profile's ``model`` section."""
+    if section.source == "tiny":
+        return build_tiny(section.tiny, section.layout, section.seed)
+    if section.source == "backbones":
+        return build_from_backbones(section.vision, section.llm, section.layout, section.dtype, section.seed)
+    raise ValueError(f"model.source must be 'tiny' or 'backbones', got {section.source!r}")

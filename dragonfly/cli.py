@@ -1,0 +1,84 @@
+"""The ``dragonfly`` command. Each subcommand is a thin wrapper over a library function."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Dragonfly: multi-resolution zoom-in vision-language model.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
+console = Console()
+
+
+def _mount(module: str, name: str, help_text: str) -> None:
+    """Attach a sub-application owned by another module, when that module exists."""
+    try:
+        sub = importlib.import_module(module).app
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        return
+    app.add_typer(sub, name=name, help=help_text)
+
+
+@app.command()
+def init(
+    out: Path = typer.Argument(..., help="Directory to write the model and processor to."),
+    profile: str = typer.Option("tiny", help="Profile name in params.yaml."),
+    params: Path = typer.Option(Path("params.yaml"), help="Params file holding the profiles."),
+    override: list[str] = typer.Option([], "--set", help="Dotted override, e.g. model.layout.select_k=2."),
+):
+    """Build a model for PROFILE (random tiny init, or backbones) and save it to OUT."""
+    from dragonfly.build import build_model
+    from dragonfly.config import load_profile
+
+    prof = load_profile(profile, params if params.is_file() else None, override)
+    model, processor = build_model(prof.model)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    cfg = model.config
+    console.print(
+        f"[green]wrote[/] {out}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{cfg.num_encoded_tiles} tiles encoded, {cfg.num_kept_tiles} kept, "
+        f"{cfg.image_seq_length} positions per image"
+    )
+
+
+@app.command()
+def predict(
+    model: Path = typer.Option(..., help="Saved Dragonfly directory."),
+    image: Path = typer.Option(..., help="Image file (JPEG/PNG/TIFF/DICOM)."),
+    question: str = typer.Option(..., help="Question about the image."),
+    max_new_tokens: int = typer.Option(32, help="Answer length limit."),
+    viz: Path | None = typer.Option(None, help="Write a PNG with the grids and the kept high tiles."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON record instead of the bare answer."),
+):
+    """Answer QUESTION about IMAGE with MODEL."""
+    from dragonfly.data.images import load_image
+    from dragonfly.inference import answer, load
+
+    net, processor = load(model)
+    picture = load_image(image)
+    result = answer(net, processor, [picture], [question], max_new_tokens)[0]
+    if viz is not None:
+        from dragonfly.viz import draw_selection
+
+        viz.parent.mkdir(parents=True, exist_ok=True)
+        draw_selection(picture, result.medium_grid, result.high_grid, result.selected_tiles).save(viz)
+    if as_json:
+        print(json.dumps({"question": question, "answer": result.text, "selected_tiles": result.selected_tiles,
+                          "medium_grid": result.medium_grid, "high_grid": result.high_grid}))
+    else:
+        print(result.text)
+
+
+_mount("dragonfly.data.cli", "data", "Convert, validate, build and synthesise datasets.")
+
+
+if __name__ == "__main__":
+    app()

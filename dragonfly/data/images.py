@@ -1,0 +1,141 @@
+"""Load any image the datasets ship (JPEG/PNG/TIFF or DICOM) as an 8-bit RGB PIL image.
+
+The processor and the data validators both go through `load_image`, so a file that
+loads here loads everywhere, and a file that fails names itself in the error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# DICOM files carry "DICM" at byte 128 after a 128-byte preamble; some old files have no
+# preamble, so the suffix is a second hint.
+_DICOM_MAGIC_OFFSET = 128
+_DICOM_SUFFIXES = {".dcm", ".dicom"}
+
+
+class ImageLoadError(Exception):
+    """An image file that cannot be used, with the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+
+
+def is_dicom(path: str | Path) -> bool:
+    p = Path(path)
+    if p.suffix.lower() in _DICOM_SUFFIXES:
+        return True
+    try:
+        with p.open("rb") as fh:
+            fh.seek(_DICOM_MAGIC_OFFSET)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open `path` fully decoded as RGB; raise ImageLoadError naming the file otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise ImageLoadError(p, "file does not exist")
+    if is_dicom(p):
+        return _load_dicom(p)
+    return _load_raster(p)
+
+
+def _load_raster(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            # load() forces the full decode: a truncated JPEG opens fine and only fails here.
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except UnidentifiedImageError:
+        raise ImageLoadError(path, "not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(path, f"cannot decode image ({exc})") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img.copy()
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on white: converting straight to RGB turns transparent pixels black.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        return Image.fromarray(_to_uint8(np.asarray(img, dtype=np.float64))).convert("RGB")
+    return img.convert("RGB")
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    arr = arr.astype(np.float64)
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    return np.round((arr - lo) / (hi - lo) * 255.0).astype(np.uint8)
+
+
+def _load_dicom(path: Path) -> Image.Image:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+    except InvalidDicomError as exc:
+        raise ImageLoadError(path, f"not a valid DICOM file ({exc})") from None
+    except (AttributeError, KeyError) as exc:
+        raise ImageLoadError(path, f"DICOM has no pixel data ({exc})") from None
+    except (OSError, ValueError, RuntimeError, NotImplementedError) as exc:
+        raise ImageLoadError(path, f"cannot decode DICOM pixel data ({exc})") from None
+
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        # Multi-frame series (ultrasound clips, CT stacks): the middle frame is the
+        # most representative single picture.
+        pixels = pixels[frames // 2]
+
+    if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR"):
+        if photometric == "PALETTE COLOR":
+            from pydicom.pixels import apply_color_lut
+
+            pixels = apply_color_lut(pixels, ds)
+        elif photometric.startswith("YBR"):
+            from pydicom.pixels import convert_color_space
+
+            pixels = convert_color_space(pixels, photometric, "RGB")
+        arr = pixels if pixels.dtype == np.uint8 else _to_uint8(pixels)
+        return Image.fromarray(np.ascontiguousarray(arr[..., :3])).convert("RGB")
+
+    values = apply_modality_lut(pixels, ds)
+    # Windowing uses the file's own VOI (Window Center/Width or a VOI LUT); without one
+    # the full value range is kept, which is what a viewer shows by default.
+    values = apply_voi_lut(values, ds, index=0)
+    arr = _to_uint8(np.asarray(values, dtype=np.float64))
+    if photometric == "MONOCHROME1":
+        # MONOCHROME1 means low values are white; invert so bone is bright as usual.
+        arr = 255 - arr
+    if arr.ndim != 2:
+        raise ImageLoadError(path, f"unexpected DICOM pixel array shape {arr.shape}")
+    return Image.fromarray(arr).convert("RGB")
+
+
+def image_size(path: str | Path) -> ImageInfo:
+    img = load_image(path)
+    return ImageInfo(width=img.width, height=img.height)

@@ -1,0 +1,58 @@
+"""Load a saved Dragonfly and answer questions about images (batched, greedy by default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+import dragonfly  # noqa: F401  (registers the Auto classes)
+from dragonfly.processor import IMAGE_TOKEN
+
+
+class CheckpointError(FileNotFoundError):
+    """A model directory that is missing or incomplete."""
+
+
+def load(model_dir: str | Path, dtype: str = "float32"):
+    """Model (eval mode) + processor from a ``save_pretrained`` directory."""
+    model_dir = Path(model_dir)
+    missing = [f for f in ("config.json", "processor_config.json") if not (model_dir / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{model_dir} is not a Dragonfly checkpoint (missing {', '.join(missing)})")
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    processor = AutoProcessor.from_pretrained(model_dir)
+    return model.eval(), processor
+
+
+@dataclass
+class Answer:
+    text: str
+    selected_tiles: list[int] | None  # kept high tiles (row-major in the high grid)
+    medium_grid: tuple[int, int]
+    high_grid: tuple[int, int]
+
+
+def user_message(question: str, with_image: bool = True) -> list[dict]:
+    return [{"role": "user", "content": (f"{IMAGE_TOKEN}\n" if with_image else "") + question}]
+
+
+@torch.inference_mode()
+def answer(model, processor, images: list, questions: list[str], max_new_tokens: int = 32) -> list[Answer]:
+    """Greedy answers for (image, question) pairs, batched with left padding."""
+    if len(images) != len(questions):
+        raise ValueError(f"{len(images)} images but {len(questions)} questions")
+    prompts = [processor.build_prompt(user_message(q)) for q in questions]
+    inputs = processor(text=prompts, images=images, padding_side="left")
+    prefill = model(**inputs)  # one forward to report which tiles the zoom kept
+    generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                               pad_token_id=processor.tokenizer.pad_token_id)
+    texts = processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    kept = prefill.selected_tiles
+    grids = inputs["image_grids"].tolist()
+    return [
+        Answer(text.strip(), kept[i].tolist() if kept is not None else None, tuple(grids[i][0]), tuple(grids[i][1]))
+        for i, text in enumerate(texts)
+    ]

@@ -1,0 +1,198 @@
+"""Multi-resolution tiling: grid choice, resizing, tile cutting and region maps.
+
+Conventions (the whole project): grids are ``(columns, rows)`` and image sizes are
+``(width, height)``. ``transformers`` uses ``(height, width)``; the conversion happens in
+the tests that compare against it, nowhere else.
+
+The geometry helpers are pure functions; :class:`TilingSpec` bundles the configuration
+and :func:`tile_image` turns one PIL image into the tile tensor the model consumes:
+``[1 + Nm + Nh, 3, R, R]`` = the low tile, the medium tiles (row-major), the high tiles
+(row-major).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+Grid = tuple[int, int]  # (columns, rows)
+
+RESIZE_MODES = ("stretch", "pad")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def select_grid(size: tuple[int, int], grids: Sequence[Grid], tile_size: int = 224) -> Grid:
+    """Choose the grid for an image of ``size=(width, height)`` by LLaVA-NeXT's rule.
+
+    Each grid ``(c, r)`` is the canvas ``(c * tile_size, r * tile_size)``. The image is
+    scaled to fit the canvas; the grid that keeps the most of the image's pixels
+    (capped at the original pixel count) wins, ties go to the one wasting the least
+    canvas area, then to the earlier grid. This is ``select_best_resolution`` of
+    ``transformers`` with the axes in this project's order.
+    """
+    if not grids:
+        raise ValueError("select_grid needs at least one candidate grid")
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got (width, height)={size}")
+    best, best_effective, best_waste = None, 0, float("inf")
+    for cols, rows in grids:
+        canvas_w, canvas_h = cols * tile_size, rows * tile_size
+        scale = min(canvas_w / width, canvas_h / height)
+        effective = min(int(width * scale) * int(height * scale), width * height)
+        waste = canvas_w * canvas_h - effective
+        if effective > best_effective or (effective == best_effective and waste < best_waste):
+            best, best_effective, best_waste = (cols, rows), effective, waste
+    if best is None:  # every candidate rounds the image to zero pixels
+        best = tuple(grids[0])
+    return best
+
+
+def refines(high: Grid, medium: Grid) -> bool:
+    """True when every medium tile covers a whole block of high tiles."""
+    return high[0] % medium[0] == 0 and high[1] % medium[1] == 0
+
+
+def region_map(medium: Grid, high: Grid) -> torch.Tensor:
+    """For each medium tile (row-major), the row-major indices of the high tiles inside it.
+
+    Returns a ``[Nm, s]`` long tensor, each row sorted ascending, ``s = Nh / Nm``.
+    """
+    if not refines(high, medium):
+        raise ValueError(f"high grid {high} does not refine medium grid {medium}")
+    (mc, mr), (hc, hr) = medium, high
+    fc, fr = hc // mc, hr // mr
+    rows = []
+    for mi in range(mc * mr):
+        col0, row0 = (mi % mc) * fc, (mi // mc) * fr
+        rows.append([(row0 + dr) * hc + col0 + dc for dr in range(fr) for dc in range(fc)])
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def grid_tiles(grids: Sequence[Grid]) -> int:
+    """Tile count shared by every grid of a set (static shapes need one count)."""
+    counts = {c * r for c, r in grids}
+    if len(counts) != 1:
+        raise ValueError(f"all grids of a resolution must have the same tile count, got {list(grids)}")
+    return counts.pop()
+
+
+@dataclass(frozen=True)
+class TilingSpec:
+    """Everything that decides how an image becomes tiles."""
+
+    tile_size: int = 224
+    medium_grids: tuple[Grid, ...] = ((2, 2), (1, 4), (4, 1))
+    high_grids: tuple[Grid, ...] = ((6, 4), (4, 6), (3, 8), (8, 3))
+    resize_mode: str = "stretch"
+    image_mean: tuple[float, float, float] = CLIP_MEAN
+    image_std: tuple[float, float, float] = CLIP_STD
+
+    def __post_init__(self):
+        object.__setattr__(self, "medium_grids", tuple(tuple(g) for g in self.medium_grids))
+        object.__setattr__(self, "high_grids", tuple(tuple(g) for g in self.high_grids))
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.tile_size <= 0:
+            raise ValueError(f"tile_size must be positive, got {self.tile_size}")
+        if not self.medium_grids:
+            raise ValueError("medium_grids must not be empty")
+        grid_tiles(self.medium_grids)
+        if self.high_grids:
+            grid_tiles(self.high_grids)
+            for medium in self.medium_grids:
+                if not any(refines(h, medium) for h in self.high_grids):
+                    raise ValueError(
+                        f"no high grid in {list(self.high_grids)} refines medium grid {medium}: "
+                        "each medium tile must map to whole high tiles"
+                    )
+
+    @property
+    def num_medium(self) -> int:
+        return grid_tiles(self.medium_grids)
+
+    @property
+    def num_high(self) -> int:
+        return grid_tiles(self.high_grids) if self.high_grids else 0
+
+    @property
+    def region_size(self) -> int:
+        """s: high tiles per medium tile."""
+        return self.num_high // self.num_medium
+
+    @property
+    def num_tiles(self) -> int:
+        return 1 + self.num_medium + self.num_high
+
+    def choose_grids(self, size: tuple[int, int]) -> tuple[Grid, Grid | None]:
+        """Medium grid by the best-resolution rule, then the best high grid refining it."""
+        medium = select_grid(size, self.medium_grids, self.tile_size)
+        if not self.high_grids:
+            return medium, None
+        candidates = [g for g in self.high_grids if refines(g, medium)]
+        return medium, select_grid(size, candidates, self.tile_size)
+
+
+def _letterbox(image: Image.Image, aspect: float, fill: tuple[int, int, int]) -> Image.Image:
+    """Pad ``image`` (centred) to the width/height ratio ``aspect`` without scaling it."""
+    width, height = image.size
+    if abs(width / height - aspect) < 1e-6:
+        return image
+    if width / height < aspect:
+        new_w, new_h = round(height * aspect), height
+    else:
+        new_w, new_h = width, round(width / aspect)
+    canvas = Image.new("RGB", (new_w, new_h), fill)
+    canvas.paste(image, ((new_w - width) // 2, (new_h - height) // 2))
+    return canvas
+
+
+def _cut(pixels: torch.Tensor, grid: Grid, tile: int) -> torch.Tensor:
+    """[3, rows*R, cols*R] → [rows*cols, 3, R, R] in row-major order, by reshapes only."""
+    cols, rows = grid
+    return (
+        pixels.view(3, rows, tile, cols, tile).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, tile, tile)
+    )
+
+
+def tile_image(image: Image.Image, spec: TilingSpec) -> dict:
+    """One image → its tiles, normalised, with the chosen grids and the region map.
+
+    ``pad`` mode letterboxes the image once to the high (or medium) canvas aspect and then
+    proceeds like ``stretch``, so every resolution shows the same content and the region
+    map stays exact.
+    """
+    image = image.convert("RGB") if image.mode != "RGB" else image
+    original_size = image.size
+    medium, high = spec.choose_grids(original_size)
+    if spec.resize_mode == "pad":
+        target = high or medium
+        fill = tuple(round(255 * m) for m in spec.image_mean)
+        image = _letterbox(image, target[0] / target[1], fill)
+    tile = spec.tile_size
+    grids = [(1, 1), medium] + ([high] if high else [])
+    # One resize per resolution, from the source image (cascading would blur twice);
+    # np.array copies into a writable buffer torch can own.
+    arrays = [
+        np.array(image.resize((c * tile, r * tile), Image.Resampling.BICUBIC)) for c, r in grids
+    ]
+    mean = torch.tensor(spec.image_mean).view(3, 1, 1)
+    inv_std = 1.0 / torch.tensor(spec.image_std).view(3, 1, 1)
+    tiles = []
+    for array, grid in zip(arrays, grids, strict=True):
+        pixels = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+        pixels = pixels.sub_(mean).mul_(inv_std)
+        tiles.append(_cut(pixels, grid, tile))
+    regions = region_map(medium, high) if high else torch.zeros(spec.num_medium, 0, dtype=torch.long)
+    return {
+        "pixel_values": torch.cat(tiles),
+        "medium_grid": medium,
+        "high_grid": high or (0, 0),
+        "regions": regions,
+        "image_size": original_size,
+    }

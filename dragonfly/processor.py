@@ -1,0 +1,205 @@
+"""Dragonfly's image processor and processor (tokenizer + images + chat template + labels).
+
+* :class:`DragonflyImageProcessor` turns images (PIL, paths, DICOM) into the tile tensors
+  of :mod:`dragonfly.processing`, batched.
+* :class:`DragonflyProcessor` renders conversations with a Llama-3 chat template,
+  expands every ``<image>`` placeholder into ``image_seq_length`` image tokens at the id
+  level, pads (left by default, for generation) and builds training labels that are
+  ``-100`` everywhere except the assistant replies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps
+from transformers import BatchFeature, ProcessorMixin
+from transformers.image_processing_utils import BaseImageProcessor
+
+from dragonfly.data.images import load_image
+from dragonfly.processing import CLIP_MEAN, CLIP_STD, TilingSpec, tile_image
+
+IGNORE_INDEX = -100
+IMAGE_TOKEN = "<image>"
+
+# Llama-3 layout; `{% generation %}` marks what the assistant says (and its <|eot_id|>),
+# which is what `return_assistant_tokens_mask` — and so the labels — pick up.
+LLAMA3_CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' -}}"
+    "{%- if message['content'] is string -%}{%- set text = message['content'] | trim -%}"
+    "{%- else -%}{%- set ns = namespace(text='') -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{%- set ns.text = ns.text + '<image>\n' -%}"
+    "{%- else -%}{%- set ns.text = ns.text + part['text'] -%}{%- endif -%}"
+    "{%- endfor -%}{%- set text = ns.text | trim -%}{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{% generation %}{{- text + '<|eot_id|>' -}}{% endgeneration %}"
+    "{%- else -%}{{- text + '<|eot_id|>' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}{%- endif -%}"
+)
+
+
+def _as_image(image) -> Image.Image:
+    if isinstance(image, str | Path):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return ImageOps.exif_transpose(image)
+    raise TypeError(f"expected a PIL image or a path, got {type(image).__name__}")
+
+
+class DragonflyImageProcessor(BaseImageProcessor):
+    """Images → low/medium/high tiles, normalised, with grid shapes and region maps."""
+
+    model_input_names = ["pixel_values", "image_regions"]
+
+    def __init__(
+        self,
+        tile_size: int = 224,
+        medium_grids: Sequence = ((2, 2), (1, 4), (4, 1)),
+        high_grids: Sequence = ((6, 4), (4, 6), (3, 8), (8, 3)),
+        resize_mode: str = "stretch",
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.tile_size = tile_size
+        self.medium_grids = [list(g) for g in medium_grids]
+        self.high_grids = [list(g) for g in high_grids]
+        self.resize_mode = resize_mode
+        self.image_mean = list(image_mean)
+        self.image_std = list(image_std)
+        _ = self.spec  # validate now, not at the first image
+
+    @property
+    def spec(self) -> TilingSpec:
+        return TilingSpec(
+            tile_size=self.tile_size,
+            medium_grids=tuple(tuple(g) for g in self.medium_grids),
+            high_grids=tuple(tuple(g) for g in self.high_grids),
+            resize_mode=self.resize_mode,
+            image_mean=tuple(self.image_mean),
+            image_std=tuple(self.image_std),
+        )
+
+    def to_dict(self):
+        out = super().to_dict()
+        out.pop("spec", None)
+        return out
+
+    def __call__(self, images, **kwargs) -> BatchFeature:
+        return self.preprocess(images, **kwargs)
+
+    def preprocess(self, images, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
+        """One image or a list of images (PIL or paths) → a batch of tiles.
+
+        Returns ``pixel_values [I, T, 3, R, R]``, ``image_regions [I, Nm, s]``,
+        ``image_grids [I, 2, 2]`` (medium and high ``(columns, rows)``) and
+        ``image_sizes [I, 2]`` (``(width, height)``).
+        """
+        if isinstance(images, Image.Image | str | Path):
+            images = [images]
+        spec = self.spec
+        tiled = [tile_image(_as_image(image), spec) for image in images]
+        if not tiled:
+            t, r = spec.num_tiles, spec.tile_size
+            return BatchFeature({"pixel_values": torch.zeros(0, t, 3, r, r),
+                                 "image_regions": torch.zeros(0, spec.num_medium, spec.region_size, dtype=torch.long)})
+        data = {
+            "pixel_values": torch.stack([t["pixel_values"] for t in tiled]),
+            "image_regions": torch.stack([t["regions"] for t in tiled]),
+            "image_grids": torch.tensor([[t["medium_grid"], t["high_grid"]] for t in tiled]),
+            "image_sizes": torch.tensor([t["image_size"] for t in tiled]),
+        }
+        return BatchFeature(data, tensor_type=return_tensors)
+
+
+class DragonflyProcessor(ProcessorMixin):
+    """Tokenizer + :class:`DragonflyImageProcessor` + Llama-3 chat template."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None,
+                 image_seq_length: int = 867, image_token: str = IMAGE_TOKEN, **kwargs):
+        self.image_seq_length = image_seq_length
+        self.image_token = image_token
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or LLAMA3_CHAT_TEMPLATE)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"tokenizer has no {image_token!r} token; add it as a special token first")
+
+    # -- text + images → model inputs -----------------------------------------------------
+    def expand_image_tokens(self, ids: list[int], labels: list[int] | None = None):
+        """Replace each image placeholder id with ``image_seq_length`` copies (labels: -100)."""
+        out_ids, out_labels = [], []
+        for i, tok in enumerate(ids):
+            if tok == self.image_token_id:
+                out_ids.extend([tok] * self.image_seq_length)
+                out_labels.extend([IGNORE_INDEX] * self.image_seq_length)
+            else:
+                out_ids.append(tok)
+                out_labels.append(labels[i] if labels is not None else tok)
+        return out_ids, (out_labels if labels is not None else None)
+
+    def _check_image_count(self, ids_per_text: list[list[int]], num_images: int) -> None:
+        placeholders = sum(ids.count(self.image_token_id) for ids in ids_per_text)
+        if placeholders != num_images:
+            raise ValueError(f"text holds {placeholders} {self.image_token} placeholder(s) but {num_images} image(s) were given")
+
+    def __call__(self, text=None, images=None, padding: bool = True, padding_side: str | None = None,
+                 return_tensors: str = "pt", **kwargs) -> BatchFeature:
+        """Rendered prompt(s) with ``<image>`` placeholders + images → padded model inputs.
+
+        Images are given flat, in the order their placeholders appear across the texts.
+        """
+        if text is None:
+            raise ValueError("DragonflyProcessor needs text (use the image processor for images alone)")
+        texts = [text] if isinstance(text, str) else list(text)
+        if images is not None and isinstance(images, Image.Image | str | Path):
+            images = [images]
+        images = list(images or [])
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        self._check_image_count(ids, len(images))
+        expanded = [self.expand_image_tokens(seq)[0] for seq in ids]
+        batch = self.tokenizer.pad({"input_ids": expanded}, padding=padding, padding_side=padding_side,
+                                   return_tensors=return_tensors)
+        data = dict(batch)
+        if images:
+            data.update(self.image_processor(images, return_tensors=return_tensors))
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def build_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """Messages → the prompt string, rendered with the stored chat template."""
+        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    def encode_conversation(self, messages: list[dict], images=(), max_length: int | None = None) -> dict:
+        """One training conversation → ``input_ids``, ``labels`` (assistant replies only) and image tensors.
+
+        ``max_length`` truncates from the end but never cuts into an image's tokens.
+        """
+        enc = self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=True,
+                                                 return_dict=True, return_assistant_tokens_mask=True)
+        ids = list(enc["input_ids"])
+        labels = [tok if keep else IGNORE_INDEX for tok, keep in zip(ids, enc["assistant_masks"], strict=True)]
+        images = [images] if isinstance(images, Image.Image | str | Path) else list(images)
+        self._check_image_count([ids], len(images))
+        ids, labels = self.expand_image_tokens(ids, labels)
+        if max_length is not None and len(ids) > max_length:
+            last_image = max((i for i, t in enumerate(ids) if t == self.image_token_id), default=-1)
+            if last_image >= max_length:
+                raise ValueError(f"max_length={max_length} would cut an image ({last_image + 1} positions needed)")
+            ids, labels = ids[:max_length], labels[:max_length]
+        out = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
+        if images:
+            out.update(self.image_processor(images, return_tensors="pt"))
+        return out
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)

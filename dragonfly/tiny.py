@@ -1,0 +1,91 @@
+"""The tiny profile: a few-layer CLIP-style encoder and Llama built from configs, and a
+byte-level BPE tokenizer trained offline with Llama-3's special tokens.
+
+Nothing here downloads. Every code path of the paper profile runs (three resolutions,
+selection, separators, chat template); only the widths, depths and tile size shrink.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import CLIPVisionConfig, LlamaConfig, PreTrainedTokenizerFast
+
+from dragonfly.processor import IMAGE_TOKEN
+
+# Llama-3's chat special tokens, plus the image placeholder.
+BOS, EOS, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
+HEADER_START, HEADER_END = "<|start_header_id|>", "<|end_header_id|>"
+SPECIAL_TOKENS = [BOS, EOS, HEADER_START, HEADER_END, EOT, IMAGE_TOKEN]
+
+# Words the tiny tokenizer should see whole: chat roles, the synthetic benchmark's
+# vocabulary and common instruction phrasing. Anything else falls back to bytes.
+_CORPUS_WORDS = ["system", "user", "assistant", "you", "are", "a", "helpful", "vision", "language", "assistant", "describe", "the", "image", "what", "is", "shown", "in", "this", "picture", "is", "there", "a", "an", "in", "on", "at", "of", "with", "and", "or", "not", "yes", "no", "which", "how", "many", "shape", "color", "colour", "count", "small", "large", "tiny", "detail", "region", "corner", "top", "bottom", "left", "right", "center", "circle", "square", "triangle", "cross", "star", "diamond", "dot", "dots", "ring", "line", "red", "green", "blue", "yellow", "orange", "purple", "pink", "white", "black", "gray", "brown", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "zero", "answer", "question", "caption", "the", "photo", "shows", "contains", "appears", "looks", "like", "contains", "visible", "tissue", "cell", "cells", "nucleus", "nuclei", "stained", "slide", "pathology", "radiology", "x-ray", "chest", "lung", "heart", "scan", "mri", "ct", "finding", "findings", "impression", "normal", "abnormal", "lesion", "mass", "opacity", "effusion", "fracture", "tumor", "option", "options", "choose", "letter", "correct", "a", "b", "c", "d", "e", "please", "briefly", "single", "word", "phrase", "sentence"]
+
+
+@dataclass
+class TinySpec:
+    """Sizes of the tiny profile (all overridable from params.yaml)."""
+
+    tile_size: int = 32
+    patch_size: int = 8
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 2
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 2
+    vocab_size: int = 512
+    max_positions: int = 2048
+
+
+def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE offline, deterministically, and wrap it for transformers."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    lines = [" ".join(_CORPUS_WORDS[i : i + 12]) for i in range(0, len(_CORPUS_WORDS), 12)]
+    tok.train_from_iterator(lines * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOT,
+        pad_token=EOS,
+        additional_special_tokens=[HEADER_START, HEADER_END, IMAGE_TOKEN],
+        padding_side="left",
+        model_max_length=4096,
+    )
+
+
+def vision_config(spec: TinySpec) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        hidden_size=spec.vision_hidden,
+        intermediate_size=4 * spec.vision_hidden,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.tile_size,
+        patch_size=spec.patch_size,
+    )
+
+
+def text_config(spec: TinySpec, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.text_hidden,
+        intermediate_size=4 * spec.text_hidden,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_heads,
+        max_position_embeddings=spec.max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )

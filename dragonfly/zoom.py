@@ -1,0 +1,71 @@
+"""Zoom-in patch selection (paper §3.2, §5.1): pure tensor functions, batched over images.
+
+A tile's *summary* is the mean of its projected tokens. Selection compares the summaries
+of the medium tiles with those of the high tiles by dot product:
+
+* ``region`` (the paper's default): medium tile i keeps the top-k high tiles among the
+  ``s`` that lie inside it (``regions[b, i]``), so ``Nm * k`` tiles are kept, k per region.
+* ``global`` (ablation, §5.1): every medium summary scores every high tile; a high tile's
+  score is its best match over the medium tiles and the ``Nm * k`` best tiles overall are
+  kept. (The paper says the medium summaries "directly retrieve 12 sub-images from the
+  entire high-resolution set"; max-over-queries is the reading that always yields 12
+  distinct tiles.)
+
+Indices are returned sorted ascending, i.e. in the high grid's row-major order, which is
+the order the tiles take in the LLM sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+
+STRATEGIES = ("region", "global", "none")
+
+
+def summarize(tokens: torch.Tensor) -> torch.Tensor:
+    """[..., N, D] projected tokens → [..., D] summary embedding (their mean)."""
+    return tokens.mean(dim=-2)
+
+
+def select_tiles(
+    mid_summary: torch.Tensor,
+    high_summary: torch.Tensor,
+    regions: torch.Tensor,
+    k: int,
+    strategy: str = "region",
+) -> torch.Tensor:
+    """Indices of the high tiles to keep.
+
+    Args:
+        mid_summary: ``[B, Nm, D]`` medium-tile summaries.
+        high_summary: ``[B, Nh, D]`` high-tile summaries.
+        regions: ``[B, Nm, s]`` long, the high-tile indices inside each medium tile.
+        k: tiles kept per medium tile (``Nm * k`` kept in all).
+        strategy: ``"region"`` or ``"global"``.
+
+    Returns:
+        ``[B, Nm * k]`` long, sorted ascending per image.
+    """
+    if mid_summary.dim() != 3 or high_summary.dim() != 3 or regions.dim() != 3:
+        raise ValueError(
+            "select_tiles expects mid_summary [B, Nm, D], high_summary [B, Nh, D], regions [B, Nm, s]; "
+            f"got {tuple(mid_summary.shape)}, {tuple(high_summary.shape)}, {tuple(regions.shape)}"
+        )
+    batch, num_mid, _ = mid_summary.shape
+    num_high, region_size = high_summary.shape[1], regions.shape[2]
+    if not 0 < k <= region_size:
+        raise ValueError(f"k must be in 1..s={region_size}, got {k}")
+    # Selection is a discrete choice: scores carry no gradient, the kept tiles' tokens do.
+    with torch.no_grad():
+        scores = torch.einsum("bmd,bhd->bmh", mid_summary.float(), high_summary.float())
+        if strategy == "region":
+            in_region = torch.gather(scores, 2, regions)  # [B, Nm, s]
+            top = in_region.topk(k, dim=2).indices  # positions inside each region
+            kept = torch.gather(regions, 2, top).reshape(batch, num_mid * k)
+        elif strategy == "global":
+            if num_mid * k > num_high:
+                raise ValueError(f"global selection of {num_mid * k} tiles from only {num_high}")
+            kept = scores.max(dim=1).values.topk(num_mid * k, dim=1).indices
+        else:
+            raise ValueError(f"unknown selection strategy {strategy!r}; expected 'region' or 'global'")
+    return kept.sort(dim=1).values

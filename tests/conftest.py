@@ -1,0 +1,57 @@
+"""Shared fixtures. Everything runs offline on CPU."""
+
+import os
+
+for key, value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+}.items():
+    os.environ.setdefault(key, value)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A tiny random-init model and its processor (built once per session)."""
+    from dragonfly.build import build_tiny
+
+    model, processor = build_tiny(seed=0)
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def retina() -> Image.Image:
+    """A real fundus photograph shipped with scikit-image (1411×1411)."""
+    from skimage import data
+
+    return Image.fromarray(data.retina())
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())
+
+
+def _random_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def random_image():
+    """Factory: random_image(width, height, seed=0) → a noise RGB image."""
+    return _random_image
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)

@@ -1,0 +1,87 @@
+"""Zoom-in selection: properties and brute-force references (hypothesis)."""
+
+import hypothesis.strategies as st
+import pytest
+import torch
+from hypothesis import given, settings
+
+from dragonfly.processing import region_map
+from dragonfly.zoom import select_tiles
+
+PAIRS = [((2, 2), (6, 4)), ((2, 2), (4, 6)), ((1, 4), (3, 8)), ((4, 1), (8, 3)), ((2, 2), (4, 4)), ((1, 4), (4, 12))]
+
+
+def _inputs(seed, batch, pair, dim):
+    gen = torch.Generator().manual_seed(seed)
+    medium, high = pair
+    nm, nh = medium[0] * medium[1], high[0] * high[1]
+    regions = region_map(medium, high).expand(batch, -1, -1)
+    return torch.randn(batch, nm, dim, generator=gen), torch.randn(batch, nh, dim, generator=gen), regions
+
+
+def _brute_region(mid, high, regions, k):
+    out = []
+    for b in range(mid.shape[0]):
+        kept = []
+        for i, region in enumerate(regions[b].tolist()):
+            scores = {j: float(mid[b, i] @ high[b, j]) for j in region}
+            kept += sorted(region, key=lambda j: -scores[j])[:k]
+        out.append(sorted(kept))
+    return torch.tensor(out)
+
+
+def _brute_global(mid, high, count):
+    out = []
+    for b in range(mid.shape[0]):
+        best = {j: max(float(mid[b, i] @ high[b, j]) for i in range(mid.shape[1])) for j in range(high.shape[1])}
+        out.append(sorted(sorted(best, key=lambda j: -best[j])[:count]))
+    return torch.tensor(out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 4), pair=st.sampled_from(PAIRS),
+       dim=st.integers(1, 16), data=st.data())
+def test_region_selection_equals_brute_force(seed, batch, pair, dim, data):
+    mid, high, regions = _inputs(seed, batch, pair, dim)
+    k = data.draw(st.integers(1, regions.shape[2]))
+    kept = select_tiles(mid, high, regions, k, "region")
+    assert kept.dtype == torch.long and kept.shape == (batch, regions.shape[1] * k)
+    assert torch.equal(kept, _brute_region(mid, high, regions, k))
+    for b in range(batch):
+        row = kept[b].tolist()
+        assert row == sorted(row) and len(set(row)) == len(row)
+        for region in regions[b].tolist():  # exactly k per region, all inside it
+            assert sum(j in region for j in row) == k
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 4), pair=st.sampled_from(PAIRS),
+       dim=st.integers(1, 16), data=st.data())
+def test_global_selection_equals_brute_force(seed, batch, pair, dim, data):
+    mid, high, regions = _inputs(seed, batch, pair, dim)
+    k = data.draw(st.integers(1, regions.shape[2]))
+    kept = select_tiles(mid, high, regions, k, "global")
+    assert torch.equal(kept, _brute_global(mid, high, regions.shape[1] * k))
+    assert (kept.diff(dim=1) > 0).all()
+
+
+def test_region_and_global_differ_when_one_region_dominates():
+    # All the best matches sit in region 0: global takes them all, region takes k each.
+    regions = region_map((2, 2), (6, 4))[None]
+    mid = torch.ones(1, 4, 2)
+    high = torch.zeros(1, 24, 2)
+    high[0, regions[0, 0], :] = 5.0
+    region = select_tiles(mid, high, regions, 3, "region")
+    global_ = select_tiles(mid, high, regions, 3, "global")
+    assert set(regions[0, 0].tolist()) <= set(global_[0].tolist())
+    assert sum(j in regions[0, 0].tolist() for j in region[0].tolist()) == 3
+
+
+def test_bad_arguments_are_named():
+    mid, high, regions = _inputs(0, 1, PAIRS[0], 4)
+    with pytest.raises(ValueError, match="k must be"):
+        select_tiles(mid, high, regions, 7, "region")
+    with pytest.raises(ValueError, match="unknown selection strategy"):
+        select_tiles(mid, high, regions, 3, "best")
+    with pytest.raises(ValueError, match="expects"):
+        select_tiles(mid[0], high, regions, 3, "region")

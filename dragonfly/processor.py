@@ -105,16 +105,14 @@ class DragonflyImageProcessor(BaseImageProcessor):
         if isinstance(images, Image.Image | str | Path):
             images = [images]
         spec = self.spec
-        tiled = [tile_image(_as_image(image), spec) for image in images]
-        if not tiled:
-            t, r = spec.num_tiles, spec.tile_size
-            return BatchFeature({"pixel_values": torch.zeros(0, t, 3, r, r),
-                                 "image_regions": torch.zeros(0, spec.num_medium, spec.region_size, dtype=torch.long)})
+        pixel_values = torch.empty(len(images), spec.num_tiles, 3, spec.tile_size, spec.tile_size)
+        tiled = [tile_image(_as_image(image), spec, out=pixel_values[i]) for i, image in enumerate(images)]
         data = {
-            "pixel_values": torch.stack([t["pixel_values"] for t in tiled]),
-            "image_regions": torch.stack([t["regions"] for t in tiled]),
-            "image_grids": torch.tensor([[t["medium_grid"], t["high_grid"]] for t in tiled]),
-            "image_sizes": torch.tensor([t["image_size"] for t in tiled]),
+            "pixel_values": pixel_values,
+            "image_regions": torch.stack([t["regions"] for t in tiled])
+            if tiled else torch.zeros(0, spec.num_medium, spec.region_size, dtype=torch.long),
+            "image_grids": torch.tensor([[t["medium_grid"], t["high_grid"]] for t in tiled]).view(-1, 2, 2),
+            "image_sizes": torch.tensor([t["image_size"] for t in tiled]).view(-1, 2),
         }
         return BatchFeature(data, tensor_type=return_tensors)
 

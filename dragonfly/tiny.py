@@ -40,14 +40,18 @@ class TinySpec:
     max_positions: int = 2048
 
 
-def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE offline, deterministically, and wrap it for transformers."""
+def build_tokenizer(vocab_size: int = 512, image_token: bool = True) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE offline, deterministically, and wrap it for transformers.
+
+    ``image_token=False`` gives a plain Llama-3-style LLM tokenizer (as a hub LLM ships).
+    """
+    specials = SPECIAL_TOKENS if image_token else [t for t in SPECIAL_TOKENS if t != IMAGE_TOKEN]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -58,7 +62,7 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         bos_token=BOS,
         eos_token=EOT,
         pad_token=EOS,
-        additional_special_tokens=[HEADER_START, HEADER_END, IMAGE_TOKEN],
+        additional_special_tokens=[HEADER_START, HEADER_END] + ([IMAGE_TOKEN] if image_token else []),
         padding_side="left",
         model_max_length=4096,
     )

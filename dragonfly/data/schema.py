@@ -1,0 +1,298 @@
+"""The one sample schema every data source is converted into.
+
+A `Sample` is one conversation about zero or more images. Image paths are relative to a
+data root so a built dataset can move between machines with its images. Tables of
+samples are validated with a pandera model; rows that fail are turned into rejections
+with a reason (see `quarantine.py`) instead of stopping a build.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+from dragonfly.data.images import ImageLoadError, load_image
+
+IMAGE_TOKEN = "<image>"
+ROLES: tuple[str, ...] = ("user", "assistant", "system")
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+TASKS: tuple[str, ...] = ("caption", "vqa_closed", "vqa_open", "mcq", "report", "text_only")
+DEFAULT_MIN_IMAGE_SIZE = 16
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training or evaluation example.
+
+    `answers` are the reference strings an evaluator compares against (for `mcq`, the
+    option letter); `choices` are the option texts of an `mcq`. `meta` keeps
+    source-specific fields (answer type, modality, ...) as strings.
+    """
+
+    id: str
+    source: str
+    split: str
+    task: str
+    images: tuple[str, ...]
+    turns: tuple[Turn, ...]
+    answers: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+    meta: Mapping[str, str] = field(default_factory=dict)
+    # "file:row" the sample came from, so a rejection can point back to the input.
+    origin: str = ""
+
+    def messages(self) -> list[dict[str, str]]:
+        """Chat messages in the shape `apply_chat_template` and the trainer expect."""
+        return [{"role": t.role, "content": t.text} for t in self.turns]
+
+    def instruction(self) -> str:
+        """The first user turn: with the images, what identifies a sample for de-duplication."""
+        for t in self.turns:
+            if t.role == "user":
+                return t.text
+        return ""
+
+    def to_record(self) -> dict[str, Any]:
+        """A flat, Arrow-friendly dict (meta as sorted JSON so bytes are deterministic)."""
+        return {
+            "id": self.id,
+            "source": self.source,
+            "split": self.split,
+            "task": self.task,
+            "images": list(self.images),
+            "messages": self.messages(),
+            "answers": list(self.answers),
+            "choices": list(self.choices),
+            "meta": json.dumps(dict(self.meta), sort_keys=True, ensure_ascii=False),
+            "origin": self.origin,
+        }
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> Sample:
+        meta = rec.get("meta") or {}
+        if isinstance(meta, str):
+            meta = json.loads(meta) if meta else {}
+        return cls(
+            id=str(rec["id"]),
+            source=str(rec["source"]),
+            split=str(rec["split"]),
+            task=str(rec["task"]),
+            images=tuple(str(p) for p in rec.get("images") or ()),
+            turns=tuple(Turn(str(m["role"]), str(m["content"])) for m in rec["messages"]),
+            answers=tuple(str(a) for a in rec.get("answers") or ()),
+            choices=tuple(str(c) for c in rec.get("choices") or ()),
+            meta={str(k): str(v) for k, v in dict(meta).items()},
+            origin=str(rec.get("origin") or ""),
+        )
+
+
+def user_assistant(
+    question: str, answer: str, n_images: int, system: str | None = None
+) -> tuple[Turn, ...]:
+    """A single-round conversation with one placeholder per image at the start of the question."""
+    prefix = (IMAGE_TOKEN + "\n") * n_images
+    turns = [Turn("user", prefix + question.strip()), Turn("assistant", answer.strip())]
+    if system:
+        turns.insert(0, Turn("system", system))
+    return tuple(turns)
+
+
+# --- table validation -------------------------------------------------------------------
+
+
+class SampleTable(pa.DataFrameModel):
+    """Row-level rules for a table of samples (one row per sample, see `samples_frame`).
+
+    Placeholders: the model expands each `<image>` into one image's tokens, so the count
+    must equal the number of images, and the first one must be in the first user turn.
+    """
+
+    id: Series[str] = pa.Field(str_length={"min_value": 1})
+    source: Series[str] = pa.Field(str_length={"min_value": 1})
+    split: Series[str] = pa.Field(isin=list(SPLITS))
+    task: Series[str] = pa.Field(isin=list(TASKS))
+    n_images: Series[int] = pa.Field(ge=0)
+    n_placeholders: Series[int] = pa.Field(ge=0)
+    first_user_placeholders: Series[int] = pa.Field(ge=0)
+    bad_roles: Series[int] = pa.Field(eq=0)
+    empty_turns: Series[int] = pa.Field(eq=0)
+    assistant_turns: Series[int] = pa.Field(ge=1)
+    first_is_user: Series[bool]
+    n_answers: Series[int] = pa.Field(ge=0)
+    blank_answers: Series[int] = pa.Field(eq=0)
+    n_choices: Series[int] = pa.Field(ge=0)
+    answer_in_options: Series[bool]
+
+    @pa.dataframe_check
+    def unique_id(cls, df: pd.DataFrame) -> Series[bool]:
+        return ~df["id"].duplicated(keep="first")
+
+    @pa.dataframe_check
+    def image_placeholder_present(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["n_images"] == 0) | (df["first_user_placeholders"] >= 1)
+
+    @pa.dataframe_check
+    def placeholder_count(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["n_placeholders"] == df["n_images"]
+
+    @pa.dataframe_check
+    def text_only_matches_images(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["task"] == "text_only") == (df["n_images"] == 0)
+
+    @pa.dataframe_check
+    def starts_with_user(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["first_is_user"]
+
+    @pa.dataframe_check
+    def has_answer(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["task"] == "text_only") | (df["n_answers"] >= 1)
+
+    @pa.dataframe_check
+    def mcq_choices(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["task"] != "mcq") | ((df["n_choices"] >= 2) & df["answer_in_options"])
+
+    class Config:
+        coerce = True
+
+
+# Which reason a failed check maps to, in priority order: a row failing several checks is
+# quarantined under the first matching reason (all failed checks go into the detail).
+_REASON_BY_CHECK: tuple[tuple[str, str], ...] = (
+    ("unique_id", "duplicate_id"),
+    ("split", "bad_split"),
+    ("task", "bad_task"),
+    ("id", "missing_id"),
+    ("source", "missing_source"),
+    ("bad_roles", "bad_role"),
+    ("image_placeholder_present", "missing_image_placeholder"),
+    ("placeholder_count", "image_placeholder_mismatch"),
+    ("text_only_matches_images", "task_image_mismatch"),
+    ("blank_answers", "empty_answer"),
+    ("has_answer", "empty_answer"),
+    ("empty_turns", "empty_turn"),
+    ("assistant_turns", "no_assistant_turn"),
+    ("starts_with_user", "bad_turn_order"),
+    ("mcq_choices", "bad_choices"),
+)
+
+
+def samples_frame(samples: Sequence[Sample]) -> pd.DataFrame:
+    """One row of derived, checkable facts per sample; the index is the sample's position."""
+    rows = []
+    for s in samples:
+        users = [t for t in s.turns if t.role == "user"]
+        options = {chr(ord("A") + i) for i in range(len(s.choices))} | set(s.choices)
+        rows.append(
+            {
+                "id": s.id,
+                "source": s.source,
+                "split": s.split,
+                "task": s.task,
+                "n_images": len(s.images),
+                "n_placeholders": sum(t.text.count(IMAGE_TOKEN) for t in s.turns),
+                "first_user_placeholders": users[0].text.count(IMAGE_TOKEN) if users else 0,
+                "bad_roles": sum(t.role not in ROLES for t in s.turns),
+                "empty_turns": sum(not t.text.replace(IMAGE_TOKEN, "").strip() for t in s.turns),
+                "assistant_turns": sum(t.role == "assistant" for t in s.turns),
+                "first_is_user": bool(
+                    [t.role for t in s.turns if t.role != "system"][:1] == ["user"]
+                ),
+                "n_answers": len(s.answers),
+                "blank_answers": sum(not a.strip() for a in s.answers),
+                "n_choices": len(s.choices),
+                "answer_in_options": bool(s.answers) and all(a in options for a in s.answers),
+            }
+        )
+    columns = list(SampleTable.to_schema().columns)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def table_problems(samples: Sequence[Sample]) -> dict[int, tuple[str, str]]:
+    """Validate `samples` lazily; map the position of every bad sample to (reason, detail)."""
+    if not samples:
+        return {}
+    frame = samples_frame(samples)
+    try:
+        SampleTable.validate(frame, lazy=True)
+        return {}
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+    failed: dict[int, set[str]] = {}
+    for _, case in cases.iterrows():
+        if pd.isna(case["index"]):
+            continue
+        check = str(case["check"])
+        column = case["column"]
+        key = check if check in dict(_REASON_BY_CHECK) else str(column)
+        failed.setdefault(int(case["index"]), set()).add(key)
+    out: dict[int, tuple[str, str]] = {}
+    for idx, keys in failed.items():
+        reason = next((r for k, r in _REASON_BY_CHECK if k in keys), "schema_error")
+        out[idx] = (reason, "failed checks: " + ", ".join(sorted(keys)))
+    return out
+
+
+# --- image validation -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    min_size: int = DEFAULT_MIN_IMAGE_SIZE
+
+
+def image_problem(path: Path, check: ImageCheck) -> tuple[str, str] | None:
+    """(reason, detail) when the image cannot be used for training, else None."""
+    if not path.is_file():
+        return "missing_image", f"no file at {path}"
+    try:
+        img = load_image(path)
+    except ImageLoadError as exc:
+        return "unreadable_image", exc.reason
+    if min(img.size) < check.min_size:
+        return "image_too_small", f"{img.width}x{img.height} < {check.min_size} px"
+    return None
+
+
+def sample_image_problem(
+    sample: Sample, root: Path, check: ImageCheck, cache: dict[str, tuple[str, str] | None]
+) -> tuple[str, str] | None:
+    """First image problem of a sample; `cache` avoids decoding an image shared by samples."""
+    for rel in sample.images:
+        if rel not in cache:
+            cache[rel] = image_problem(root / rel, check)
+        problem = cache[rel]
+        if problem is not None:
+            return problem[0], f"{rel}: {problem[1]}"
+    return None
+
+
+def read_jsonl(path: Path) -> Iterable[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+def write_samples_jsonl(samples: Iterable[Sample], path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("w", encoding="utf-8") as fh:
+        for s in samples:
+            rec = s.to_record()
+            rec["meta"] = dict(s.meta)
+            fh.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
+            n += 1
+    return n

@@ -1,0 +1,64 @@
+"""COCO captions (`annotations/captions_val2017.json`, images in `val2017/`).
+
+{"images": [{"id", "file_name", ...}], "annotations": [{"id", "image_id", "caption"}]};
+one sample per image, all of its captions as references (about five).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from dragonfly.data.quarantine import Converted, ConverterError, Rejection
+from dragonfly.data.schema import Sample, user_assistant
+from dragonfly.data.sources._common import normalise_split, rel_to_root
+
+PROMPT = "Provide a one-sentence caption for the provided image."
+
+
+def convert(
+    path: Path, root: Path, source: str = "coco", images_dir: str | Path | None = None
+) -> Converted:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConverterError(path, f"COCO captions JSON ({exc})") from None
+    if not isinstance(data, dict) or not {"images", "annotations"} <= set(data):
+        raise ConverterError(path, 'an object with "images" and "annotations" lists')
+    match = re.search(r"(train|val|test)(\d{4})", path.name)
+    if not match:
+        raise ConverterError(path, "a file named captions_<split><year>.json")
+    split = normalise_split(match.group(1), path)
+    folder = (
+        Path(images_dir) if images_dir else path.parent.parent / f"{match.group(1)}{match.group(2)}"
+    )
+    if not folder.is_absolute() and images_dir:
+        folder = root / folder
+    captions: dict[int, list[tuple[int, str]]] = {}
+    for ann in data["annotations"]:
+        captions.setdefault(int(ann["image_id"]), []).append(
+            (int(ann["id"]), str(ann["caption"]).strip())
+        )
+    out = Converted()
+    for row, img in enumerate(sorted(data["images"], key=lambda i: int(i["id"]))):
+        rid = f"{source}:{img['id']}"
+        refs = [c for _, c in sorted(captions.get(int(img["id"]), [])) if c]
+        if not refs:
+            out.rejections.append(
+                Rejection(source, rid, "empty_answer", "image has no captions", str(path), row)
+            )
+            continue
+        out.samples.append(
+            Sample(
+                id=rid,
+                source=source,
+                split=split,
+                task="caption",
+                images=(rel_to_root(folder / img["file_name"], root),),
+                turns=user_assistant(PROMPT, refs[0], 1),
+                answers=tuple(refs),
+                origin=f"{path}:{row}",
+            )
+        )
+    return out

@@ -1,0 +1,90 @@
+"""LLaVA conversation JSON: LLaVA-Pretrain 558K, ShareGPT4V, ALLaVA, SVIT, LLaVA-Med.
+
+Each record is {"id", "image" (str, list of str, or absent for text-only),
+"conversations": [{"from": "human"|"gpt"|"system", "value": ...}, ...]}; image paths are
+relative to an image folder (by default the JSON file's own folder).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dragonfly.data.quarantine import Converted, ConverterError
+from dragonfly.data.schema import Sample, Turn
+from dragonfly.data.sources._common import malformed, normalise_split, rel_to_root
+
+_ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+_ROLE["system"] = "system"
+
+
+def _records(path: Path) -> list[Any]:
+    try:
+        if path.suffix == ".jsonl":
+            with path.open(encoding="utf-8") as fh:
+                return [json.loads(line) for line in fh if line.strip()]
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConverterError(path, f"a LLaVA conversation JSON list ({exc})") from None
+    if not isinstance(data, list):
+        raise ConverterError(path, f"a JSON list of records, got {type(data).__name__}")
+    return data
+
+
+def convert(
+    path: Path,
+    root: Path,
+    source: str = "llava",
+    split: str = "train",
+    task: str | None = None,
+    image_folder: str | Path | None = None,
+) -> Converted:
+    """`task` labels image samples (e.g. 'caption' for LLaVA-Pretrain); default 'vqa_open'."""
+    split = normalise_split(split, path)
+    folder = Path(image_folder) if image_folder is not None else path.parent
+    if not folder.is_absolute():
+        folder = root / folder
+    out = Converted()
+    for row, rec in enumerate(_records(path)):
+        rid = (
+            f"{source}:{rec.get('id', f'row{row}')}"
+            if isinstance(rec, dict)
+            else f"{source}:row{row}"
+        )
+        if not isinstance(rec, dict) or not isinstance(rec.get("conversations"), list):
+            out.rejections.append(
+                malformed(source, rid, path, row, 'a record with a "conversations" list')
+            )
+            continue
+        turns: list[Turn] = []
+        bad = None
+        for k, msg in enumerate(rec["conversations"]):
+            if not isinstance(msg, dict) or msg.get("from") not in _ROLE:
+                bad = f'conversations[{k}] with "from" in {sorted(_ROLE)} and a "value"'
+                break
+            turns.append(Turn(_ROLE[msg["from"]], str(msg.get("value") or "").strip()))
+        if bad:
+            out.rejections.append(malformed(source, rid, path, row, bad))
+            continue
+        raw_images = rec.get("image")
+        if raw_images is None or raw_images == "":
+            images: list[str] = []
+        elif isinstance(raw_images, list):
+            images = [str(p) for p in raw_images]
+        else:
+            images = [str(raw_images)]
+        assistant = [t.text for t in turns if t.role == "assistant"]
+        out.samples.append(
+            Sample(
+                id=rid,
+                source=source,
+                split=split,
+                task="text_only" if not images else (task or "vqa_open"),
+                images=tuple(rel_to_root(folder / p, root) for p in images),
+                turns=tuple(turns),
+                answers=(assistant[-1],) if assistant else (),
+                origin=f"{path}:{row}",
+            )
+        )
+    return out

@@ -1,0 +1,12 @@
+"""Path-VQA (flaviagammarino/path-vqa on the HF hub): parquet with image bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dragonfly.data.quarantine import Converted
+from dragonfly.data.sources import medvqa_parquet
+
+
+def convert(path: Path, root: Path, source: str = "pathvqa") -> Converted:
+    return medvqa_parquet.convert(path, root, source)

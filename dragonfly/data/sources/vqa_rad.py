@@ -1,0 +1,12 @@
+"""VQA-RAD (flaviagammarino/vqa-rad on the HF hub): parquet with image bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dragonfly.data.quarantine import Converted
+from dragonfly.data.sources import medvqa_parquet
+
+
+def convert(path: Path, root: Path, source: str = "vqa_rad") -> Converted:
+    return medvqa_parquet.convert(path, root, source)

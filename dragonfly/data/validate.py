@@ -1,0 +1,46 @@
+"""Validate converted samples: table rules (pandera) first, then the image files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from dragonfly.data.quarantine import Converted, Rejection
+from dragonfly.data.schema import ImageCheck, Sample, sample_image_problem, table_problems
+
+
+def _split_origin(origin: str) -> tuple[str, int | None]:
+    file, _, row = origin.rpartition(":")
+    if file and row.isdigit():
+        return file, int(row)
+    return origin, None
+
+
+def reject(sample: Sample, reason: str, detail: str) -> Rejection:
+    file, row = _split_origin(sample.origin)
+    return Rejection(
+        source=sample.source, id=sample.id, reason=reason, detail=detail, file=file, row=row
+    )
+
+
+def validate_samples(
+    samples: Sequence[Sample],
+    root: Path,
+    image_check: ImageCheck | None = ImageCheck(),
+    progress: Callable[[int], None] | None = None,
+) -> Converted:
+    """Split `samples` into good ones and rejections; `image_check=None` skips decoding images."""
+    problems = table_problems(samples)
+    out = Converted()
+    cache: dict[str, tuple[str, str] | None] = {}
+    for i, sample in enumerate(samples):
+        problem = problems.get(i)
+        if problem is None and image_check is not None:
+            problem = sample_image_problem(sample, root, image_check, cache)
+        if problem is None:
+            out.samples.append(sample)
+        else:
+            out.rejections.append(reject(sample, *problem))
+        if progress is not None:
+            progress(1)
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -77,7 +78,50 @@ def predict(
         print(result.text)
 
 
+@app.command()
+def prepare(
+    params: Path = typer.Option(Path("params.yaml"), help="Params file."),
+    mixture: list[str] = typer.Option([], help="Mixture(s) to build (default: all in params)."),
+):
+    """Generate the synthetic benchmarks and build the training mixtures."""
+    from dragonfly.pipeline import prepare_data
+
+    for name, result in prepare_data(params, mixture or None).items():
+        console.print(f"[green]built[/] {name}: {result}")
+
+
+@app.command()
+def train(
+    stage: str = typer.Option(..., help="Stage name (general1, general2, med1, med2, med3)."),
+    profile: str = typer.Option("tiny", help="Profile name in params.yaml."),
+    params: Path = typer.Option(Path("params.yaml"), help="Params file."),
+    resume: bool = typer.Option(False, help="Continue from the newest valid checkpoint of this stage."),
+    out: Path | None = typer.Option(None, help="Output directory (default runs/<profile>/<stage>)."),
+    overrides: list[str] = typer.Argument(None, help="Stage overrides key=value, e.g. lr=1e-4 max_steps=5."),
+):
+    """Train one stage; writes checkpoints and a save_pretrained model to <out>/final."""
+    from dragonfly.pipeline import train as run
+
+    final = run(stage, profile, params, overrides or [], resume, out)
+    if os.environ.get("RANK", "0") == "0":
+        console.print(f"[green]stage {stage} done[/]: {final}")
+
+
+@app.command("launch-cmd")
+def launch_cmd(
+    stage: str = typer.Option(..., help="Stage name."),
+    profile: str = typer.Option("paper", help="Profile name."),
+    nodes: int = typer.Option(1, help="Number of nodes."),
+    gpus: int = typer.Option(8, help="GPUs per node."),
+):
+    """Print the torchrun command that runs STAGE under DeepSpeed ZeRO-1 on NODES × GPUS."""
+    from dragonfly.train.deepspeed import launch_command
+
+    print(launch_command(stage, profile, nodes, gpus))
+
+
 _mount("dragonfly.data.cli", "data", "Convert, validate, build and synthesise datasets.")
+_mount("dragonfly.eval.cli", "eval", "Evaluate a model on the paper's benchmarks (or the synthetic one).")
 
 
 if __name__ == "__main__":

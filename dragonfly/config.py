@@ -81,8 +81,27 @@ def from_dict(cls, data: dict | None, where: str = ""):
         if dataclasses.is_dataclass(tp):
             kwargs[key] = from_dict(tp, value, f"{where}{key}.")
         else:
-            kwargs[key] = value
+            kwargs[key] = _coerce(value, tp, f"{where}{key}")
     return cls(**kwargs)
+
+
+def _coerce(value, tp, name: str):
+    """Scalars as their declared type (YAML reads ``1e-3`` as a string); errors name the key."""
+    if tp in (int, float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+        if tp is int:
+            if number != int(number):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+            return int(number)
+        return number
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if tp is str and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
 
 
 def set_dotted(tree: dict, dotted: str) -> None:

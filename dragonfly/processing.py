@@ -12,6 +12,7 @@ and :func:`tile_image` turns one PIL image into the tile tensor the model consum
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -201,7 +202,9 @@ def tile_image(image: Image.Image, spec: TilingSpec, out: torch.Tensor | None = 
         # the copy's inner loop contiguous (3× faster than permuting interleaved RGB).
         block = out[start : start + rows * cols]
         for channel, plane in enumerate(resized.split()):
-            pixels = torch.from_numpy(np.asarray(plane)).view(rows, tile, cols, tile).transpose(1, 2)
+            with warnings.catch_warnings():  # read-only view of Pillow's buffer; we only read it
+                warnings.simplefilter("ignore", UserWarning)
+                pixels = torch.from_numpy(np.asarray(plane)).view(rows, tile, cols, tile).transpose(1, 2)
             block[:, channel].view(rows, cols, tile, tile).copy_(pixels)
         start += rows * cols
     scale = torch.tensor([1 / (255.0 * s) for s in spec.image_std]).view(3, 1, 1)

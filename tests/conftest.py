@@ -11,6 +11,11 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 
+import tempfile  # noqa: E402
+
+# Every MLflow write in the tests goes to a throwaway sqlite store, never ./mlflow.db.
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='dragonfly-mlflow-')}/mlflow.db")
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402

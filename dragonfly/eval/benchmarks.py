@@ -1,0 +1,350 @@
+"""The benchmarks of the paper's Tables 1-4 (DESIGN.md §4) and the synthetic zoom benchmark,
+as data: where their samples come from, how each question is prompted, how long an answer
+may be, and which metrics score it.
+
+Where samples come from (see `dragonfly.eval.samples.load_samples`), in order of use:
+1. `--data FILE.jsonl`: samples already converted to the project's schema
+   (`dragonfly data convert FORMAT PATH --out FILE.jsonl`, or `dragonfly data synth`);
+2. `--data DIR` holding a built mixture (`DIR/dataset/` + `manifest.json`) or a
+   `save_to_disk` DatasetDict: the benchmark's split is read from it;
+3. `--data PATH` to the raw release in any other layout: converted on the fly with the
+   benchmark's converter (`BenchmarkSpec.format`, registry `dragonfly.data.sources.FORMATS`);
+4. no `--data`: the converted JSONL at `<root>/<spec.default_path>`
+   (`benchmarks/<name>/samples.jsonl`, or `synth/<variant>/samples.jsonl`).
+Samples are then narrowed to the spec's split, source names and tasks.
+
+Prompts: a sample's own first user turn is the question (converters already add the
+instruction the model is trained with); the spec only adds what is missing — an
+instruction suffix when the question ends without an "Answer ..." sentence, lettered
+options for a multiple-choice question that does not list them — or replaces the text
+with a fixed prompt (captioning and report generation, where the prompt is the task).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from dragonfly.data.sources import biocaption, coco, mimic_cxr, roco
+from dragonfly.data.sources._common import MCQ_SUFFIX, SHORT_SUFFIX
+
+CLOSED_SUFFIX = "Answer with yes or no."
+
+
+class UnknownBenchmarkError(KeyError):
+    """A benchmark name that is not in the registry; the message lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class ScoreGroup:
+    """Samples of `tasks` are scored together by the scorer `scorer` (see `scoring.SCORERS`);
+    its metric names get `prefix_` in front when the benchmark has several groups."""
+
+    tasks: tuple[str, ...]
+    scorer: str
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    name: str
+    title: str
+    format: str  # converter in dragonfly.data.sources.FORMATS for raw releases
+    sources: tuple[str, ...]  # accepted Sample.source values (converter defaults first)
+    split: str
+    groups: tuple[ScoreGroup, ...]
+    primary: str  # the headline metric key, for ablation tables
+    default_path: str  # converted samples JSONL relative to the data root
+    instructions: Mapping[str, str] = field(default_factory=dict)  # task -> suffix
+    fixed_prompts: Mapping[str, str] = field(default_factory=dict)  # task -> whole prompt
+    max_new_tokens: Mapping[str, int] = field(default_factory=dict)  # task -> limit
+    convert_options: Mapping[str, object] = field(default_factory=dict)
+    require_images: bool = False
+    needs_judge: bool = False
+    overall_accuracy: bool = False  # add "accuracy" = mean per-sample "correct" over groups
+    in_all: bool = True  # part of `--benchmark all`
+    reference: str = ""  # the paper table / protocol this reproduces
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(t for g in self.groups for t in g.tasks)
+
+    def max_tokens(self, task: str) -> int:
+        return self.max_new_tokens.get(task, DEFAULT_MAX_NEW_TOKENS[task])
+
+
+DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {
+    "vqa_closed": 16,
+    "vqa_open": 32,
+    "mcq": 16,
+    "caption": 64,
+    "report": 256,
+    "text_only": 32,
+}
+GENERAL_INSTRUCTIONS = {
+    "vqa_closed": CLOSED_SUFFIX,
+    "vqa_open": SHORT_SUFFIX,
+    "mcq": MCQ_SUFFIX,
+}
+CAPTION_METRICS = "caption"  # BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap)
+
+
+def _converted(name: str) -> str:
+    return f"benchmarks/{name}/samples.jsonl"
+
+
+def _synth(variant: str) -> list[BenchmarkSpec]:
+    """The whole synthetic benchmark of a variant, and one benchmark per task."""
+    groups = {
+        "vqa_closed": ScoreGroup(("vqa_closed",), "closed", "vqa_closed"),
+        "vqa_open": ScoreGroup(("vqa_open",), "open", "vqa_open"),
+        "mcq": ScoreGroup(("mcq",), "mcq", "mcq"),
+        "caption": ScoreGroup(("caption",), CAPTION_METRICS, "caption"),
+    }
+    base = BenchmarkSpec(
+        name=f"synth_{variant}",
+        title=f"Synthetic fine-grained ({variant})",
+        format="dragonfly_jsonl",
+        sources=(f"synth_{variant}",),
+        split="test",
+        groups=tuple(groups.values()),
+        primary="accuracy",
+        default_path=f"synth/{variant}/samples.jsonl",
+        instructions=GENERAL_INSTRUCTIONS,
+        overall_accuracy=True,
+        reference="dragonfly.data.synth: shapes readable only in high-resolution tiles",
+    )
+    primary = {
+        "vqa_closed": "accuracy",
+        "vqa_open": "exact_match",
+        "mcq": "accuracy",
+        "caption": "cider",
+    }
+    per_task = [
+        BenchmarkSpec(
+            **{
+                **base.__dict__,
+                "name": f"{base.name}_{task}",
+                "title": f"{base.title}, {task}",
+                "groups": (ScoreGroup(group.tasks, group.scorer),),
+                "primary": primary[task],
+                "overall_accuracy": False,
+                "in_all": False,
+            }
+        )
+        for task, group in groups.items()
+    ]
+    return [base, *per_task]
+
+
+def _medvqa(name: str, title: str, fmt: str, reference: str) -> BenchmarkSpec:
+    return BenchmarkSpec(
+        name=name,
+        title=title,
+        format=fmt,
+        sources=(name,),
+        split="test",
+        groups=(
+            ScoreGroup(("vqa_closed",), "closed_llava_med", "closed"),
+            ScoreGroup(("vqa_open",), "open_llava_med", "open"),
+        ),
+        primary="closed_accuracy",
+        default_path=_converted(name),
+        instructions=GENERAL_INSTRUCTIONS,
+        reference=reference,
+    )
+
+
+def _captioning(
+    name: str,
+    title: str,
+    fmt: str,
+    task: str,
+    prompt: str,
+    split: str = "test",
+    sources: tuple[str, ...] = (),
+    **extra,
+) -> BenchmarkSpec:
+    return BenchmarkSpec(
+        name=name,
+        title=title,
+        format=fmt,
+        sources=sources or (name,),
+        split=split,
+        groups=(ScoreGroup((task,), CAPTION_METRICS),),
+        primary="cider",
+        default_path=_converted(name),
+        fixed_prompts={task: prompt},
+        **extra,
+    )
+
+
+def _lmms(
+    name: str,
+    title: str,
+    source: str,
+    groups: tuple[ScoreGroup, ...],
+    primary: str,
+    split: str = "test",
+    instructions: Mapping[str, str] = GENERAL_INSTRUCTIONS,
+    **extra,
+) -> BenchmarkSpec:
+    """A general benchmark in its lmms-lab release (converter = `source`)."""
+    return BenchmarkSpec(
+        name=name,
+        title=title,
+        format=source,
+        sources=(source, name),
+        split=split,
+        groups=groups,
+        primary=primary,
+        default_path=_converted(name),
+        instructions=instructions,
+        **extra,
+    )
+
+
+def _registry() -> dict[str, BenchmarkSpec]:
+    specs: list[BenchmarkSpec] = [
+        *_synth("general"),
+        *_synth("biomedical"),
+        # --- general (paper Table 1) ---
+        _lmms(
+            "ai2d",
+            "AI2D",
+            "ai2d",
+            (ScoreGroup(("mcq",), "mcq"),),
+            "accuracy",
+            reference="Table 1; lmms-eval ai2d (letter extraction)",
+        ),
+        _lmms(
+            "scienceqa_img",
+            "ScienceQA-IMG",
+            "scienceqa",
+            (ScoreGroup(("mcq",), "mcq"),),
+            "accuracy",
+            require_images=True,
+            reference="Table 1; lmms-eval scienceqa_img (image questions only)",
+        ),
+        _lmms(
+            "chartqa",
+            "ChartQA",
+            "chartqa",
+            (ScoreGroup(("vqa_open",), "relaxed"),),
+            "relaxed_accuracy",
+            reference="Table 1; lmms-eval chartqa relaxed_overall",
+        ),
+        _lmms(
+            "mmmu_val",
+            "MMMU (val)",
+            "mmmu",
+            (ScoreGroup(("mcq",), "mcq", "mcq"), ScoreGroup(("vqa_open",), "open", "open")),
+            "accuracy",
+            split="validation",
+            overall_accuracy=True,
+            max_new_tokens={"mcq": 32, "vqa_open": 32},
+            reference="Table 1; MMMU eval_utils (open questions: normalised exact match)",
+        ),
+        _lmms(
+            "mmvet",
+            "MM-Vet",
+            "mmvet",
+            (ScoreGroup(("vqa_open",), "mmvet_judge"),),
+            "score",
+            needs_judge=True,
+            instructions={},
+            max_new_tokens={"vqa_open": 256},
+            reference="Table 1; MM-Vet official GPT evaluator via an OpenAI-compatible judge",
+        ),
+        _lmms(
+            "pope",
+            "POPE",
+            "pope",
+            (ScoreGroup(("vqa_closed",), "pope"),),
+            "f1",
+            reference="Table 1; lmms-eval pope (F1 with yes as positive)",
+        ),
+        _captioning(
+            "coco_val",
+            "COCO captions (val)",
+            "coco_captions",
+            "caption",
+            coco.PROMPT,
+            split="validation",
+            sources=("coco", "coco_val"),
+            reference="Table 1; COCO caption toolkit (CIDEr)",
+        ),
+        _lmms(
+            "hallusion_bench",
+            "HallusionBench",
+            "hallusion_bench",
+            (ScoreGroup(("vqa_closed", "text_only"), "hallusion"),),
+            "accuracy",
+            instructions={},
+            max_new_tokens={"vqa_closed": 32, "text_only": 32},
+            convert_options={"split": "test"},
+            reference="Table 1; lmms-eval hallusion_bench aAcc (string match, no GPT)",
+        ),
+        # --- biomedical VQA (paper Table 3) ---
+        _medvqa("vqa_rad", "VQA-RAD", "vqa_rad", "Table 3; LLaVA-Med run_eval_batch.py"),
+        _medvqa("slake", "SLAKE", "slake", "Table 3; LLaVA-Med run_eval_batch.py"),
+        _medvqa("pathvqa", "Path-VQA", "pathvqa", "Table 3; LLaVA-Med run_eval_batch.py"),
+        # --- biomedical captioning / report generation (paper Tables 2 and 4) ---
+        _captioning(
+            "iu_xray",
+            "IU X-Ray",
+            "biocaption",
+            "report",
+            biocaption.PROMPTS["report"],
+            reference="Table 4; COCO caption toolkit",
+        ),
+        _captioning(
+            "peir_gross",
+            "PEIR Gross",
+            "biocaption",
+            "caption",
+            biocaption.PROMPTS["caption"],
+            convert_options={"source": "peir_gross", "task": "caption"},
+            reference="Table 4; COCO caption toolkit",
+        ),
+        _captioning(
+            "roco",
+            "ROCO",
+            "roco",
+            "caption",
+            roco.PROMPT,
+            reference="Table 4; COCO caption toolkit",
+        ),
+        _captioning(
+            "mimic_cxr",
+            "MIMIC-CXR findings",
+            "mimic_cxr",
+            "report",
+            mimic_cxr.PROMPT,
+            reference="Table 4; COCO caption toolkit",
+        ),
+    ]
+    return {s.name: s for s in specs}
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = _registry()
+
+
+def get_benchmark(name: str | BenchmarkSpec) -> BenchmarkSpec:
+    """The spec of `name`; an unknown name raises `UnknownBenchmarkError` listing them all."""
+    if isinstance(name, BenchmarkSpec):
+        return name
+    if name not in BENCHMARKS:
+        raise UnknownBenchmarkError(
+            f"unknown benchmark {name!r}; known benchmarks: {', '.join(sorted(BENCHMARKS))} "
+            "(or 'all')"
+        )
+    return BENCHMARKS[name]
+
+
+def all_benchmarks() -> list[BenchmarkSpec]:
+    """What `--benchmark all` covers (the per-task synthetic splits are left out)."""
+    return [s for s in BENCHMARKS.values() if s.in_all]

@@ -1,0 +1,235 @@
+"""`dragonfly eval`: evaluate a saved model on one benchmark or on all whose data is there.
+
+Each benchmark writes `OUT/<benchmark>/predictions.jsonl` and `OUT/<benchmark>/metrics.json`;
+`OUT/summary.json` collects the metrics of the benchmarks run. With `--mlflow`, each
+benchmark is one MLflow run (nested under an "eval" parent run for `--benchmark all`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dragonfly.eval.benchmarks import (
+    BENCHMARKS,
+    BenchmarkSpec,
+    UnknownBenchmarkError,
+    all_benchmarks,
+    get_benchmark,
+)
+from dragonfly.eval.evaluator import evaluate, is_skipped, judge_unavailable
+from dragonfly.eval.samples import Loaded, NoSamplesError, is_dataset_dir, load_samples
+
+console = Console()
+EXPERIMENT = "dragonfly-eval"
+
+
+def _plan(
+    benchmark: str, data: Path | None, root: Path, split: str | None, sources: list[str] | None
+) -> tuple[list[BenchmarkSpec], Loaded | None]:
+    """Which benchmarks to run, and the samples shared by all of them when `data` holds
+    several benchmarks (a JSONL or a mixture)."""
+    if benchmark != "all":
+        return [get_benchmark(benchmark)], None
+    if data is None:
+        chosen = [s for s in all_benchmarks() if (root / s.default_path).is_file()]
+        if not chosen:
+            paths = ", ".join(sorted({s.default_path for s in all_benchmarks()}))
+            raise typer.BadParameter(
+                f"--benchmark all found no converted benchmark under {root} (looked for {paths}); "
+                "pass --data or convert some first (`dragonfly data convert` / `dragonfly data synth`)"
+            )
+        return chosen, None
+    if not (data.suffix == ".jsonl" and data.is_file()) and not is_dataset_dir(data):
+        raise typer.BadParameter(
+            "--benchmark all needs --data to be a samples JSONL or a built mixture; "
+            "raw releases are converted one benchmark at a time (--benchmark NAME)"
+        )
+    shared = load_samples(all_benchmarks()[0], data, root, every_split=True)
+    chosen = []
+    for spec in all_benchmarks():
+        accepted = set(sources or spec.sources)
+        if any(s.source in accepted and s.task in spec.tasks for s in shared.samples):
+            chosen.append(spec)
+    if not chosen:
+        raise typer.BadParameter(f"no benchmark's samples found in {data}")
+    return chosen, shared
+
+
+def _summary_table(results: dict[str, dict]) -> Table:
+    table = Table(title="evaluation")
+    table.add_column("benchmark")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("n", justify="right")
+    for name, metrics in results.items():
+        spec = BENCHMARKS[name]
+        if is_skipped(metrics):
+            table.add_row(name, "skipped", "-", "-")
+        else:
+            value = metrics.get(spec.primary)
+            shown = f"{value:.4f}" if isinstance(value, float) else "-"
+            table.add_row(name, spec.primary, shown, str(int(metrics.get("n", 0))))
+    return table
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    """The per-benchmark settings of one `eval` invocation."""
+
+    model: Path
+    spec: BenchmarkSpec
+    out_dir: Path
+    batch_size: int
+    limit: int | None
+    max_new_tokens: int | None
+    split: str | None
+    sources: list[str] | None
+    progress: bool
+
+
+def _run_one(
+    run: EvalRun,
+    shared: Loaded | None,
+    data: Path | None,
+    root: Path,
+    loaded,
+    tracker,
+    tolerate_missing: bool,
+) -> dict | None:
+    """Evaluate one benchmark and finish its MLflow run; with `tolerate_missing` (for
+    `all`) a benchmark without samples is reported and skipped instead of failing."""
+    status = "FAILED"
+    try:
+        metrics = evaluate(
+            run.model,
+            run.spec,
+            shared.samples if shared is not None else data,
+            shared.root if shared is not None else root,
+            run.out_dir,
+            run.batch_size,
+            run.limit,
+            tracker,
+            max_new_tokens=run.max_new_tokens,
+            split=run.split,
+            sources=run.sources,
+            loaded=loaded,
+            progress=run.progress,
+        )
+        status = "FINISHED"
+    except (NoSamplesError, FileNotFoundError) as err:
+        if not tolerate_missing:
+            raise
+        console.print(f"[yellow]skip {run.spec.name}[/]: {err}")
+        status = "KILLED"
+        return None
+    finally:
+        if tracker is not None:
+            tracker.finish(status)
+    if is_skipped(metrics):
+        console.print(f"[yellow]{run.spec.name} skipped[/]: {metrics['skipped']}")
+    else:
+        console.print(f"[green]{run.spec.name}[/] → {run.out_dir}")
+    return metrics
+
+
+def eval_command(
+    model: Annotated[Path, typer.Option(help="Saved Dragonfly directory (save_pretrained).")],
+    benchmark: Annotated[
+        str, typer.Option(help=f"Benchmark name or 'all'. Known: {', '.join(BENCHMARKS)}.")
+    ] = "all",
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Samples JSONL, built mixture dir, or (one benchmark) the raw release. "
+            "Default: ROOT/<benchmark's converted JSONL>."
+        ),
+    ] = None,
+    root: Annotated[Path, typer.Option(help="Data root that image paths are relative to.")] = Path(
+        "data"
+    ),
+    out: Annotated[Path, typer.Option(help="Output dir; one sub-dir per benchmark.")] = Path(
+        "eval"
+    ),
+    batch_size: Annotated[int, typer.Option(min=1, help="Generation batch size.")] = 8,
+    limit: Annotated[int | None, typer.Option(min=1, help="First N samples only.")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Override every task's answer length limit.")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Override the benchmark's split.")] = None,
+    source: Annotated[
+        list[str] | None, typer.Option(help="Accept these sample source names instead.")
+    ] = None,
+    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log to MLflow.")] = False,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = EXPERIMENT,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Evaluate MODEL with greedy decoding; write predictions, metrics (DVC) and log to MLflow."""
+    try:
+        specs, shared = _plan(benchmark, data, root, split, source)
+    except UnknownBenchmarkError as err:
+        raise typer.BadParameter(str(err), param_hint="--benchmark") from None
+    from dragonfly.tracking import Tracker
+
+    parent = Tracker(experiment, "eval") if mlflow and len(specs) > 1 else None
+    loaded = None
+    results: dict[str, dict] = {}
+    try:
+        for spec in specs:
+            if loaded is None and judge_unavailable(spec) is None:
+                from dragonfly.inference import load
+
+                loaded = load(model)  # once, shared by every benchmark
+            tracker = None
+            if mlflow:
+                parent_id = parent.run_id if parent else None
+                tracker = Tracker(experiment, f"eval-{spec.name}", parent_run_id=parent_id)
+            run = EvalRun(
+                model,
+                spec,
+                out / spec.name,
+                batch_size,
+                limit,
+                max_new_tokens,
+                split,
+                source,
+                progress,
+            )
+            metrics = _run_one(run, shared, data, root, loaded, tracker, benchmark == "all")
+            if metrics is not None:
+                results[spec.name] = metrics
+    except (NoSamplesError, FileNotFoundError) as err:
+        console.print(f"[red]error[/]: {err}")
+        raise typer.Exit(1) from None
+    finally:
+        if parent is not None:
+            parent.finish()
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / "summary.json"
+    # Benchmarks run one at a time into the same OUT accumulate in one summary.
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary.update(results)
+    summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    console.print(_summary_table(results))
+
+
+# The command is the Typer's callback rather than a sub-command named "eval": mounted with
+# `root.add_typer(app, name="eval")` (as `dragonfly.cli._mount` does) it is then
+# `dragonfly eval --model ...`, not `dragonfly eval eval ...`; `root.command("eval")(eval_command)`
+# works as well, and `python -m dragonfly.eval.cli --model ...` runs it directly.
+app = typer.Typer(
+    help="Evaluate a saved Dragonfly on the paper's benchmarks.",
+    invoke_without_command=True,
+    pretty_exceptions_show_locals=False,
+)
+app.callback()(eval_command)
+
+
+if __name__ == "__main__":
+    app()

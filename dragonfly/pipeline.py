@@ -1,0 +1,60 @@
+"""The pipeline steps as plain functions. The CLI, ``dvc.yaml`` and the Prefect flows call
+these; none of them re-implements a step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dragonfly.config import DEFAULT_PARAMS, Profile, load_profile
+from dragonfly.data.config import DataConfig, load_data_config
+from dragonfly.train.config import StageConfig, load_stage
+
+
+def data_config(params: str | Path = DEFAULT_PARAMS) -> DataConfig:
+    return load_data_config(Path(params))
+
+
+def prepare_data(params: str | Path = DEFAULT_PARAMS, mixtures: list[str] | None = None) -> dict[str, Path]:
+    """Generate the synthetic benchmarks and build the named mixtures (all by default)."""
+    from dragonfly.data.mixture import build_mixture
+    from dragonfly.data.synth import write
+
+    cfg = data_config(params)
+    root = Path(cfg.root)
+    for synth in cfg.synth:
+        write(synth, root)
+    built = {}
+    for name in mixtures or list(cfg.mixtures):
+        built[name] = build_mixture(cfg.mixture(name), root, Path(cfg.out_dir) / name).dataset_dir
+    return built
+
+
+def tracking_enabled() -> bool:
+    return os.environ.get("DRAGONFLY_TRACKING", "1") not in ("0", "false", "no")
+
+
+def _tracker_factory(profile: Profile):
+    if not tracking_enabled():
+        return None
+    from dragonfly.tracking import Tracker
+
+    def factory(stage: StageConfig, run_id: str | None):
+        return Tracker(experiment=f"dragonfly-{profile.name}", run_name=stage.name, run_id=run_id,
+                       tags={"dragonfly.stage": stage.name, "dragonfly.profile": profile.name})
+
+    return factory
+
+
+def train(stage: str, profile: str = "tiny", params: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None,
+          resume: bool = False, out_dir: str | Path | None = None) -> Path:
+    """Run one training stage of a profile; returns its ``final`` model directory."""
+    from dragonfly.train.trainer import train_stage
+
+    prof = load_profile(profile, params)
+    stage_cfg = load_stage(prof, stage, overrides)
+    cfg = data_config(params)
+    dataset_dir = Path(cfg.out_dir) / stage_cfg.data.mixture / "dataset"
+    return train_stage(prof, stage_cfg, cfg.root, dataset_dir, out_dir=out_dir, resume=resume,
+                       tracker_factory=_tracker_factory(prof))

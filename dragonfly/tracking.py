@@ -1,0 +1,83 @@
+"""MLflow helpers: one parent run per pipeline, a nested run per stage or evaluation.
+
+Everything goes through an explicit ``MlflowClient`` and run ids (no fluent "active run"
+global), so a resumed stage reopens exactly its own run, and callers on ranks other than
+0 simply never construct a :class:`Tracker`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+PARENT_ENV = "DRAGONFLY_PARENT_RUN_ID"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, str]:
+    """Nested config → ``{"a.b.c": "value"}`` with values as MLflow params (strings, ≤ 6000 chars)."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+class Tracker:
+    """A handle on one MLflow run (created, or reopened by id)."""
+
+    def __init__(self, experiment: str, run_name: str, run_id: str | None = None,
+                 parent_run_id: str | None = None, uri: str | None = None, tags: Mapping[str, str] | None = None):
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=uri or tracking_uri())
+        if run_id is not None:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return
+        found = self.client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        parent_run_id = parent_run_id or os.environ.get(PARENT_ENV)
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
+
+    def log_params(self, params: Mapping) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        fresh = [Param(k, v) for k, v in flatten(params).items() if k not in existing]
+        for start in range(0, len(fresh), 100):  # MLflow's batch limit
+            self.client.log_batch(self.run_id, params=fresh[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)

@@ -1,0 +1,1 @@
+"""Training: stage configs, data order, checkpoints and the trainer."""

@@ -1,0 +1,116 @@
+"""Typed stage configuration: ``profiles.<name>.stages.<stage>`` in ``params.yaml``.
+
+A stage is pure configuration: which parts train, on which data, with which optimiser
+settings, starting from which earlier stage. ``defaults`` under ``stages`` apply to every
+stage of the profile and each stage overrides what it needs.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dragonfly.config import ConfigError, Profile, from_dict, set_dotted
+
+PARTS = ("projector", "vision", "llm")
+SCHEDULES = ("cosine", "linear", "constant_with_warmup")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class DataSpec:
+    """A built mixture (``data.out_dir/<mixture>/dataset``) and the split to train on."""
+
+    mixture: str = "tiny"
+    split: str = "train"
+    max_length: int = 2048
+
+
+@dataclass
+class StageConfig:
+    name: str = ""
+    init_from: str = "init"  # "init" = build from the profile's model section, else a stage name or a path
+    train: list[str] = field(default_factory=lambda: ["projector"])
+    data: DataSpec = field(default_factory=DataSpec)
+    global_batch: int = 8
+    micro_batch: int = 2
+    lr: float = 2e-5
+    lr_per_part: dict[str, float] = field(default_factory=dict)
+    schedule: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    epochs: float = 1.0
+    max_steps: int = 0  # >0 caps the optimiser steps
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True
+    num_workers: int = 0
+    seed: int = 0
+    save_every: int = 50
+    keep_last: int = 2
+    log_every: int = 1
+    layout: dict = field(default_factory=dict)  # overrides of the model layout (ablations)
+    zero_stage: int = 1
+    log_model_artifact: bool = True
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.train) - set(PARTS))
+        if unknown or not self.train:
+            raise ConfigError(f"stage {self.name}: train must list parts from {PARTS}, got {self.train}")
+        for part in self.lr_per_part:
+            if part not in PARTS:
+                raise ConfigError(f"stage {self.name}: lr_per_part key {part!r} is not one of {PARTS}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"stage {self.name}: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"stage {self.name}: precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.global_batch <= 0 or self.micro_batch <= 0:
+            raise ConfigError(f"stage {self.name}: global_batch and micro_batch must be positive")
+
+    def accumulation(self, world_size: int) -> int:
+        """Micro-batches per optimiser step on each rank."""
+        per_step = self.micro_batch * world_size
+        if self.global_batch % per_step:
+            raise ConfigError(
+                f"stage {self.name}: global_batch {self.global_batch} is not a multiple of "
+                f"micro_batch {self.micro_batch} × world size {world_size}"
+            )
+        return self.global_batch // per_step
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (over or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "layout":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def stage_names(profile: Profile) -> list[str]:
+    return [name for name in (profile.extra.get("stages") or {}) if name != "defaults"]
+
+
+def load_stage(profile: Profile, name: str, overrides: list[str] | None = None) -> StageConfig:
+    """The stage ``name`` of ``profile``: defaults, then the stage, then dotted overrides."""
+    stages = profile.extra.get("stages") or {}
+    if name not in stages or name == "defaults":
+        raise ConfigError(f"stage {name!r} not in profile {profile.name!r}; stages: {', '.join(stage_names(profile)) or 'none'}")
+    tree = _merge(stages.get("defaults") or {}, stages[name] or {})
+    for item in overrides or []:
+        set_dotted(tree, item)
+    stage = from_dict(StageConfig, tree, f"stages.{name}.")
+    stage.name = name
+    stage.validate()
+    return stage
+
+
+def runs_dir(profile: Profile) -> Path:
+    return Path(profile.extra.get("runs_dir", "runs")) / profile.name
+
+
+def stage_dir(profile: Profile, name: str) -> Path:
+    return runs_dir(profile) / name

@@ -1,0 +1,128 @@
+"""Training data: a built mixture split → encoded conversations → padded micro-batches,
+in an order that is a pure function of (seed, epoch, step), so a run resumes at the exact
+sample it stopped at without replaying the data before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from dragonfly.processor import IGNORE_INDEX
+
+
+class ConversationDataset(Dataset):
+    """Rows of a mixture split (``images`` relative to ``root``, ``messages``), encoded."""
+
+    def __init__(self, rows, root: str | Path, processor, max_length: int):
+        self.rows = rows
+        self.root = Path(root)
+        self.processor = processor
+        self.max_length = max_length
+
+    @classmethod
+    def from_mixture(cls, dataset_dir: str | Path, split: str, root: str | Path, processor, max_length: int):
+        from datasets import load_from_disk
+
+        dataset_dir = Path(dataset_dir)
+        if not dataset_dir.exists():
+            raise FileNotFoundError(f"training data {dataset_dir} not found; build it with `dragonfly data build`")
+        splits = load_from_disk(str(dataset_dir))
+        if split not in splits:
+            raise KeyError(f"{dataset_dir} has no split {split!r}; it has {list(splits)}")
+        return cls(splits[split], root, processor, max_length)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def length(self, index: int) -> tuple[bool, int]:
+        """(has image, rough text length): the key length grouping sorts by."""
+        row = self.rows[index]
+        return bool(row["images"]), sum(len(m["content"]) for m in row["messages"])
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        images = [self.root / path for path in row["images"]]
+        try:
+            return self.processor.encode_conversation(row["messages"], images, max_length=self.max_length)
+        except Exception as err:  # name the sample: a bad row hours into a run must be findable
+            raise RuntimeError(f"sample {row['id']!r} ({row.get('origin', '')}): {err}") from err
+
+
+@dataclass
+class Collator:
+    """Right-pads ids/labels and concatenates the images of the micro-batch."""
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict]) -> dict:
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for i, e in enumerate(examples):
+            n = len(e["input_ids"])
+            ids[i, :n], labels[i, :n], mask[i, :n] = e["input_ids"], e["labels"], 1
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        with_images = [e for e in examples if "pixel_values" in e]
+        if with_images:
+            batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])
+            batch["image_regions"] = torch.cat([e["image_regions"] for e in with_images])
+        return batch
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int, global_batch: int, lengths=None) -> list[int]:
+    """The sample order of one epoch; with ``lengths``, LLaVA-style grouping.
+
+    Grouping sorts each megabatch (8 global batches) by (modality, length) so a micro-batch
+    pads little and rarely mixes text-only with image samples, then shuffles the global
+    batches it made. Everything is seeded by (seed, epoch).
+    """
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(num_samples, generator=gen).tolist()
+    if lengths is None:
+        return order
+    mega = 8 * global_batch
+    grouped = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start : start + mega], key=lambda i: (lengths[i][0], lengths[i][1]))
+        batches = [chunk[j : j + global_batch] for j in range(0, len(chunk), global_batch)]
+        for b in torch.randperm(len(batches), generator=gen).tolist():
+            grouped.extend(batches[b])
+    return grouped
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Yields this rank's micro-batches (index lists), optimiser step by step, from a start step.
+
+    Step ``t`` uses samples ``order[t*G:(t+1)*G]`` of its epoch; its micro-batch ``c`` goes to
+    rank ``c % world`` as that rank's accumulation step ``c // world``, so one process with
+    accumulation sees exactly the micro-batches that several processes see together.
+    """
+
+    def __init__(self, dataset: ConversationDataset, global_batch: int, micro_batch: int, world: int, rank: int,
+                 seed: int, total_steps: int, start_step: int = 0, group_by_length: bool = False):
+        self.dataset, self.global_batch, self.micro = dataset, global_batch, micro_batch
+        self.world, self.rank, self.seed = world, rank, seed
+        self.total_steps, self.start_step = total_steps, start_step
+        self.steps_per_epoch = len(dataset) // global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(dataset)} samples cannot fill one global batch of {global_batch}")
+        self.lengths = [dataset.length(i) for i in range(len(dataset))] if group_by_length else None
+
+    def __iter__(self):
+        order, order_epoch = None, -1
+        for step in range(self.start_step, self.total_steps):
+            epoch, within = divmod(step, self.steps_per_epoch)
+            if epoch != order_epoch:
+                order = epoch_order(len(self.dataset), self.seed, epoch, self.global_batch, self.lengths)
+                order_epoch = epoch
+            batch = order[within * self.global_batch : (within + 1) * self.global_batch]
+            chunks = [batch[c : c + self.micro] for c in range(0, len(batch), self.micro)]
+            yield from chunks[self.rank :: self.world]
+
+    def __len__(self) -> int:
+        return (self.total_steps - self.start_step) * self.global_batch // (self.micro * self.world)

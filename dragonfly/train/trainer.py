@@ -1,0 +1,229 @@
+"""One trainer for every stage (general 1–2, Med 1–3), on accelerate (+ DeepSpeed ZeRO-1).
+
+The loop is deliberately plain: micro-batches come from :class:`StepBatches` (a pure
+function of seed and step, so resume needs no replay), gradients accumulate locally and
+synchronise on the last micro-batch, and a checkpoint holds the whole training state.
+Rank 0 alone writes checkpoints, logs and MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from transformers import get_scheduler
+
+from dragonfly.config import Profile
+from dragonfly.processor import IGNORE_INDEX
+from dragonfly.train import checkpoint
+from dragonfly.train.config import StageConfig, stage_dir
+from dragonfly.train.data import Collator, ConversationDataset, StepBatches
+from dragonfly.train.deepspeed import make_accelerator
+from dragonfly.train.parts import param_groups, set_trainable, start_model
+
+
+class TrainingError(RuntimeError):
+    """A run that must stop (non-finite loss, empty labels); the message says why."""
+
+
+def _total_steps(stage: StageConfig, num_samples: int) -> int:
+    per_epoch = num_samples // stage.global_batch
+    steps = int(per_epoch * stage.epochs)
+    return min(steps, stage.max_steps) if stage.max_steps > 0 else steps
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def describe_batch(batch: dict, tokenizer, image_token_id: int) -> str:
+    """The first example of a batch decoded: prompt with images collapsed, and the trained part."""
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    keep = batch["attention_mask"][0].bool()
+    ids, labels = ids[keep], labels[keep]
+    pieces, run = [], 0
+    for tok in ids.tolist():
+        if tok == image_token_id:
+            run += 1
+            continue
+        if run:
+            pieces.append(f"<image×{run}>")
+            run = 0
+        pieces.append(tokenizer.decode([tok]))
+    trained = tokenizer.decode(ids[labels != IGNORE_INDEX])
+    return f"input : {''.join(pieces)!r}\nlabels: {trained!r}"
+
+
+def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dataset_dir: str | Path,
+                out_dir: str | Path | None = None, resume: bool = False, tracker_factory=None) -> Path:
+    """Run one stage; returns the directory of its saved model (``<out>/final``)."""
+    out = Path(out_dir) if out_dir else stage_dir(profile, stage.name)
+    ckpt_root = out / "checkpoints"
+    accelerator = make_accelerator(stage)
+    main = accelerator.is_main_process
+    console = Console(quiet=not main)
+    torch.manual_seed(stage.seed)
+
+    model, processor = start_model(profile, stage)
+    trainable = set_trainable(model, stage.train)
+    if stage.gradient_checkpointing:
+        model.language_model.gradient_checkpointing_enable()
+    dataset = ConversationDataset.from_mixture(dataset_dir, stage.data.split, data_root, processor,
+                                               stage.data.max_length)
+    total = _total_steps(stage, len(dataset))
+    if total <= 0:
+        raise TrainingError(f"stage {stage.name}: {len(dataset)} samples give no optimiser step at "
+                            f"global_batch {stage.global_batch}")
+    accum = stage.accumulation(accelerator.num_processes)
+    optimizer = torch.optim.AdamW(param_groups(trainable, stage), lr=stage.lr, betas=(0.9, 0.999))
+    scheduler = get_scheduler(stage.schedule, optimizer, num_warmup_steps=int(stage.warmup_ratio * total),
+                              num_training_steps=total)
+    image_token_id = model.config.image_token_id
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    start_step, run_id = 0, None
+    if resume and (found := checkpoint.latest_valid(ckpt_root, console.print)) is not None:
+        state = checkpoint.read_state(found)
+        accelerator.load_state(str(found))
+        start_step, run_id = state["step"], state.get("mlflow_run_id")
+        console.print(f"[cyan]resumed[/] {stage.name} from {found} at step {start_step}/{total}")
+    metrics_path = out / "metrics.jsonl"
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        kept = [r for r in _read_jsonl(metrics_path) if r["step"] <= start_step]  # drop steps redone after resume
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tracker = tracker_factory(stage, run_id) if (main and tracker_factory) else None
+    if tracker is not None and run_id is None:
+        tracker.log_params({"stage": dataclasses.asdict(stage), "world_size": accelerator.num_processes,
+                            "total_steps": total, "num_samples": len(dataset)})
+
+    sampler = StepBatches(dataset, stage.global_batch, stage.micro_batch, accelerator.num_processes,
+                          accelerator.process_index, stage.seed, total, start_step, stage.group_by_length)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=stage.num_workers,
+                                         collate_fn=Collator(processor.tokenizer.pad_token_id))
+    params = [p for named in trainable.values() for _, p in named]
+
+    def save(step: int) -> None:
+        tmp = checkpoint.begin(ckpt_root, step) if main else None
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(ckpt_root / (checkpoint.checkpoint_name(step) + ".tmp")))
+        accelerator.wait_for_everyone()
+        if main:
+            checkpoint.commit(tmp, {"step": step, "stage": stage.name, "mlflow_run_id": tracker.run_id if tracker else None,
+                                    "total_steps": total}, stage.keep_last)
+        accelerator.wait_for_everyone()
+
+    model.train()
+    step, micro, window = start_step, 0, _Window()
+    progress = _progress(console, main, total, start_step, stage.name)
+    for batch in loader:
+        if step == start_step and micro == 0 and start_step == 0:
+            console.print(f"[bold]first batch of {stage.name}[/]\n{describe_batch(batch, processor.tokenizer, image_token_id)}")
+        if not (batch["labels"] != IGNORE_INDEX).any(dim=1).all():
+            raise TrainingError(f"stage {stage.name} step {step}: a sample in the batch has no trained tokens "
+                                "(all labels are -100); check the chat template and truncation")
+        micro += 1
+        last = micro == accum
+        context = accelerator.no_sync(model) if not last else _nullcontext()
+        with context:
+            loss = model(**batch).loss
+            if not _all_finite(accelerator, loss):
+                save(step)
+                raise TrainingError(f"stage {stage.name}: non-finite loss at step {step}; saved the last good "
+                                    f"state as checkpoint {checkpoint.checkpoint_name(step)}")
+            accelerator.backward(loss / accum)
+        window.add(loss.detach(), batch)
+        if not last:
+            continue
+        grad_norm = accelerator.clip_grad_norm_(params, stage.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step, micro = step + 1, 0
+        progress.update(1)
+        if step % stage.log_every == 0 or step == total:
+            record = window.flush(accelerator, step, scheduler.get_last_lr()[0], grad_norm)
+            if main:
+                with metrics_path.open("a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                if tracker is not None:
+                    tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
+        if step % stage.save_every == 0 or step == total:
+            save(step)
+    progress.close()
+    final = out / "final"
+    if main:
+        unwrapped = accelerator.unwrap_model(model)
+        tmp = out / "final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        unwrapped.save_pretrained(tmp, state_dict=accelerator.get_state_dict(model))
+        processor.save_pretrained(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        if tracker is not None:
+            if stage.log_model_artifact:
+                tracker.log_artifacts(final, "model")
+            tracker.log_artifacts(metrics_path)
+            tracker.finish()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return final
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _all_finite(accelerator, loss: torch.Tensor) -> bool:
+    """Every rank agrees, so no rank waits forever in a collective another has left."""
+    flag = torch.tensor([float(torch.isfinite(loss.detach()).item())], device=loss.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() == accelerator.num_processes)
+
+
+class _Window:
+    """Loss, throughput and token counts accumulated between two log lines."""
+
+    def __init__(self):
+        self.losses, self.samples, self.tokens, self.start = [], 0, 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, batch: dict) -> None:
+        self.losses.append(loss.float())
+        self.samples += batch["input_ids"].shape[0]
+        self.tokens += int(batch["attention_mask"].sum())
+
+    def flush(self, accelerator, step: int, lr: float, grad_norm) -> dict:
+        loss = accelerator.reduce(torch.stack(self.losses).mean(), reduction="mean")
+        counts = accelerator.reduce(torch.tensor([self.samples, self.tokens], dtype=torch.float64), reduction="sum")
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        norm = float(grad_norm) if grad_norm is not None else math.nan
+        record = {"step": step, "loss": float(loss), "lr": lr, "grad_norm": norm,
+                  "samples_per_s": float(counts[0]) / seconds, "tokens_per_s": float(counts[1]) / seconds,
+                  "peak_memory_mb": _peak_memory_mb()}
+        self.__init__()
+        return record
+
+
+def _progress(console: Console, enabled: bool, total: int, start: int, name: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=f"train {name}", disable=not enabled, unit="step")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

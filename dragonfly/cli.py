@@ -70,7 +70,14 @@ def predict(
         from dragonfly.viz import draw_selection
 
         viz.parent.mkdir(parents=True, exist_ok=True)
-        draw_selection(picture, result.medium_grid, result.high_grid, result.selected_tiles).save(viz)
+        shown = picture
+        if processor.image_processor.resize_mode == "pad":  # draw on the canvas the tiles were cut from
+            from dragonfly.processing import letterbox
+
+            grid = result.high_grid if result.high_grid != (0, 0) else result.medium_grid
+            mean = processor.image_processor.image_mean
+            shown = letterbox(picture.convert("RGB"), grid[0] / grid[1], tuple(round(255 * m) for m in mean))
+        draw_selection(shown, result.medium_grid, result.high_grid, result.selected_tiles).save(viz)
     if as_json:
         print(json.dumps({"question": question, "answer": result.text, "selected_tiles": result.selected_tiles,
                           "medium_grid": result.medium_grid, "high_grid": result.high_grid}))
@@ -105,6 +112,31 @@ def train(
     final = run(stage, profile, params, overrides or [], resume, out)
     if os.environ.get("RANK", "0") == "0":
         console.print(f"[green]stage {stage} done[/]: {final}")
+
+
+@app.command()
+def ablate(
+    variant: list[str] = typer.Option([], help="Variant(s) under `ablations:` in params (default: all)."),
+    profile: str = typer.Option("tiny", help="Profile name in params.yaml."),
+    params: Path = typer.Option(Path("params.yaml"), help="Params file."),
+    out: Path = typer.Option(Path("ablation"), help="Output directory (one sub-dir per variant)."),
+    stage: list[str] = typer.Option([], help="Stages chained from init (default: general1 general2)."),
+    benchmark: list[str] = typer.Option([], help="Benchmark(s) to evaluate (default: synth_general)."),
+    limit: int | None = typer.Option(None, min=1, help="Evaluate the first N samples only."),
+    seed: int = typer.Option(0, help="Model init and training seed, the same for every variant."),
+    batch_size: int = typer.Option(16, min=1, help="Evaluation batch size."),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log a parent run with a nested run per variant."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show evaluation progress bars."),
+    overrides: list[str] = typer.Argument(None, help="Stage overrides key=value for every stage, or "
+                                                     "<stage>.key=value for one, e.g. general2.max_steps=300."),
+):
+    """Train and evaluate the paper's ablation variants; write ablation.md/.csv/.json (Tables 1, 5, 6)."""
+    from dragonfly.eval.ablate import run_ablation
+
+    result = run_ablation(variant or None, profile, params, out, overrides or [],
+                          tuple(stage) or ("general1", "general2"), tuple(benchmark) or ("synth_general",),
+                          limit, seed, mlflow=mlflow, eval_batch_size=batch_size, progress=progress)
+    console.print(f"[green]ablation done[/]: {', '.join(result.files[k].name for k in result.files)} in {out}")
 
 
 @app.command("launch-cmd")

@@ -139,7 +139,7 @@ class TilingSpec:
         return medium, select_grid(size, candidates, self.tile_size)
 
 
-def _letterbox(image: Image.Image, aspect: float, fill: tuple[int, int, int]) -> Image.Image:
+def letterbox(image: Image.Image, aspect: float, fill: tuple[int, int, int]) -> Image.Image:
     """Pad ``image`` (centred) to the width/height ratio ``aspect`` without scaling it."""
     width, height = image.size
     if abs(width / height - aspect) < 1e-6:
@@ -189,7 +189,7 @@ def tile_image(image: Image.Image, spec: TilingSpec, out: torch.Tensor | None = 
     if spec.resize_mode == "pad":
         target = high or medium
         fill = tuple(round(255 * m) for m in spec.image_mean)
-        image = _letterbox(image, target[0] / target[1], fill)
+        image = letterbox(image, target[0] / target[1], fill)
     tile = spec.tile_size
     grids = [(1, 1), medium] + ([high] if high else [])
     if out is None:

@@ -158,7 +158,8 @@ class DragonflyProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else list(text)
         if images is not None and isinstance(images, Image.Image | str | Path):
             images = [images]
-        images = list(images or [])
+        # Accept the per-text nesting other processors use ([[img], [img, img]]) as well as flat.
+        images = [im for item in (images or []) for im in (item if isinstance(item, list | tuple) else [item])]
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         self._check_image_count(ids, len(images))
         expanded = [self.expand_image_tokens(seq)[0] for seq in ids]

@@ -11,7 +11,7 @@ from transformers.image_processing_utils import select_best_resolution
 
 from dragonfly.processing import (
     TilingSpec,
-    _letterbox,
+    letterbox,
     refines,
     region_map,
     select_grid,
@@ -128,7 +128,7 @@ def test_pad_mode_letterboxes_to_the_high_canvas():
     image = Image.new("RGB", (300, 100), (255, 0, 0))
     out = tile_image(image, spec)
     assert out["high_grid"] == (8, 3) and out["medium_grid"] == (4, 1)
-    boxed = _letterbox(image, 8 / 3, (0, 0, 0))
+    boxed = letterbox(image, 8 / 3, (0, 0, 0))
     assert boxed.size == (300, 112)
     # The padding is the normaliser's mean colour, i.e. ~0 after normalisation.
     top_row = out["pixel_values"][1 + spec.num_medium][:, 0, :]  # first high tile, top row

@@ -74,3 +74,12 @@ def test_save_load_round_trip(tiny, tmp_path, random_image):
     image = random_image(120, 60)
     a, b = processor.encode_conversation(msgs, [image]), loaded.encode_conversation(msgs, [image])
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nested_images_per_text_are_accepted(tiny, random_image):
+    _, processor = tiny
+    prompts = ["<image>\na", "<image><image>\nb"]
+    pics = [random_image(40, 60, seed=i) for i in range(3)]
+    nested = processor(text=prompts, images=[[pics[0]], [pics[1], pics[2]]])
+    flat = processor(text=prompts, images=pics)
+    assert torch.equal(nested["pixel_values"], flat["pixel_values"]) and nested["pixel_values"].shape[0] == 3

@@ -1,0 +1,385 @@
+"""The paper's ablations (Tables 1, 5, 6) from configuration alone: `run_ablation`.
+
+Each variant is a layout under `ablations:` in params.yaml. Every variant trains the same
+stage chain from `init` (default general1 → general2) on the same data, with the same
+steps and seed — the paper's fair comparison — then is evaluated on the same benchmarks.
+Training goes through `dragonfly.pipeline.train` and evaluation through
+`dragonfly.eval.evaluate`; this module only chains them, remembers what is done, and
+writes the tables (`ablation_report`).
+
+Layout of `out_dir`:
+    params.yaml                       the params actually used (model seed set to `seed`)
+    <variant>/<stage>/                a stage's output (checkpoints/, metrics.jsonl, final/)
+    <variant>/<stage>/ablation_stage.json   fingerprint of its config, time, completion
+    <variant>/eval/<benchmark>/       predictions.jsonl, metrics.json, ablation_eval.json
+    <variant>/variant.json            the variant's record
+    ablation.md, ablation.csv, ablation.json
+
+Resuming: a stage whose recorded fingerprint matches and whose `final/` exists is reused;
+one with a matching fingerprint but no `final/` continues from its newest checkpoint; a
+stale one is trained again, and so is everything after it. Evaluations likewise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from dragonfly.config import ConfigError, load_params, load_profile
+from dragonfly.eval.ablation_report import VariantResult, write_report
+from dragonfly.eval.benchmarks import get_benchmark
+from dragonfly.eval.evaluator import METRICS_FILE, PREDICTIONS_FILE, evaluate
+from dragonfly.eval.scoring import read_predictions
+from dragonfly.train.config import load_stage
+
+STAGE_MARKER = "ablation_stage.json"
+EVAL_MARKER = "ablation_eval.json"
+VARIANT_FILE = "variant.json"
+LOSS_WINDOW = 10  # steps averaged for the "first"/"final" loss: one step of 8 samples is noisy
+
+
+@dataclass
+class AblationResult:
+    out_dir: Path
+    variants: dict[str, VariantResult]
+    files: dict[str, Path]
+    parent_run_id: str | None = None
+
+    @property
+    def reused(self) -> list[str]:
+        """Variants taken whole from an earlier run (no stage trained, nothing evaluated)."""
+        return [n for n, v in self.variants.items() if v.reused]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a variant needs besides its layout, resolved once per ablation."""
+
+    profile: str
+    params: Path  # the snapshot in out_dir
+    out_dir: Path
+    stages: tuple[str, ...]
+    stage_overrides: dict[str, list[str]]
+    benchmarks: tuple[str, ...]
+    eval_limit: int | None
+    eval_batch_size: int
+    seed: int
+    data_root: Path
+    mixtures_dir: Path
+    progress: bool
+    mlflow: bool
+    experiment: str
+    console: Console = field(default_factory=Console)
+
+
+def load_variants(params: str | Path) -> dict[str, dict]:
+    """`ablations:` of params.yaml: variant name → layout overrides."""
+    found = load_params(params).get("ablations") or {}
+    if not isinstance(found, dict) or not all(isinstance(v, dict) for v in found.values()):
+        raise ConfigError(f"{params}: `ablations:` must map variant names to layout mappings")
+    return found
+
+
+def split_overrides(overrides: Sequence[str], stages: Sequence[str]) -> dict[str, list[str]]:
+    """`key=value` applies to every stage, `<stage>.key=value` to that stage only."""
+    out: dict[str, list[str]] = {s: [] for s in stages}
+    for item in overrides:
+        head = item.split("=", 1)[0].split(".", 1)
+        if len(head) == 2 and head[0] in out:
+            out[head[0]].append(item.split(".", 1)[1])
+        else:
+            for stage in stages:
+                out[stage].append(item)
+    return out
+
+
+def fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """`pipeline.train` takes its MLflow switch and parent run from the environment (the
+    interface the flows use too); set them for one call only, then put them back."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _losses(metrics_jsonl: Path) -> dict[str, float]:
+    records = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()] \
+        if metrics_jsonl.is_file() else []
+    losses = [r["loss"] for r in records if "loss" in r]
+    if not losses:
+        return {}
+    window = min(LOSS_WINDOW, len(losses))
+    return {"first": sum(losses[:window]) / window, "final": sum(losses[-window:]) / window}
+
+
+def distinct_answers(predictions_jsonl: Path) -> float:
+    """Distinct (task, normalised answer) pairs per sample in a predictions file."""
+    records = read_predictions(predictions_jsonl)
+    answers = {(r.task, " ".join(r.prediction.lower().split())) for r in records}
+    return len(answers) / len(records) if records else 0.0
+
+
+def _layout_overrides(layout: Mapping) -> list[str]:
+    return [f"layout.{key}={json.dumps(value)}" for key, value in layout.items()]
+
+
+def _train_variant(plan: Plan, name: str, layout: Mapping, run_id: str | None):
+    """Train the stage chain of one variant; returns (final dir, token, seconds, losses, reused)."""
+    from dragonfly.pipeline import train
+    from dragonfly.tracking import PARENT_ENV
+
+    profile = load_profile(plan.profile, plan.params)
+    env = {PARENT_ENV: run_id} if (plan.mlflow and run_id) else {"DRAGONFLY_TRACKING": "0"}
+    previous: tuple[Path, str] | None = None  # final dir and completion token of the last stage
+    seconds, losses, reused = {}, {}, []
+    for stage in plan.stages:
+        overrides = [*_layout_overrides(layout), *plan.stage_overrides[stage], f"seed={plan.seed}",
+                     f"init_from={json.dumps(str(previous[0])) if previous else 'init'}"]
+        cfg = load_stage(profile, stage, overrides)
+        mixture = plan.mixtures_dir / cfg.data.mixture / "manifest.json"
+        fp = fingerprint({"model": asdict(profile.model), "stage": {**asdict(cfg), "init_from": None},
+                          "previous": previous[1] if previous else "init", "data": _file_digest(mixture)})
+        out = plan.out_dir / name / stage
+        marker = _read_json(out / STAGE_MARKER)
+        same = marker is not None and marker.get("fingerprint") == fp
+        if same and marker.get("completed") and (out / "final" / "config.json").is_file():
+            plan.console.print(f"[cyan]{name}/{stage}[/]: reused {out / 'final'}")
+            reused.append(stage)
+        else:
+            if out.exists() and not same:
+                if marker is None and any(out.iterdir()):
+                    raise ConfigError(f"{out} exists but was not written by `dragonfly ablate`; "
+                                      "choose another --out or remove it")
+                plan.console.print(f"[yellow]{name}/{stage}[/]: configuration changed, training again")
+                shutil.rmtree(out)
+            _write_json(out / STAGE_MARKER, {"fingerprint": fp, "completed": False, "overrides": overrides})
+            plan.console.print(f"[bold]{name}/{stage}[/]: training ({' '.join(overrides)})")
+            start = time.perf_counter()
+            with _environ(env):
+                train(stage, plan.profile, plan.params, overrides, resume=same, out_dir=out)
+            marker = {"fingerprint": fp, "completed": True, "overrides": overrides, "resumed": same,
+                      "seconds": time.perf_counter() - start, "token": uuid.uuid4().hex}
+            _write_json(out / STAGE_MARKER, marker)
+        seconds[stage] = float(marker.get("seconds", 0.0))
+        losses[stage] = _losses(out / "metrics.jsonl")
+        previous = (out / "final", marker["token"])
+    assert previous is not None  # plan.stages is never empty
+    return previous[0], previous[1], seconds, losses, reused
+
+
+def _evaluate_variant(plan: Plan, name: str, final: Path, token: str):
+    """Evaluate one variant's final model on every benchmark; returns (metrics, distinct
+    answers, seconds, reused)."""
+    metrics, distinct, reused, seconds, loaded = {}, {}, [], 0.0, None
+    for bench in plan.benchmarks:
+        spec = get_benchmark(bench)
+        out = plan.out_dir / name / "eval" / bench
+        fp = fingerprint({"model": token, "benchmark": bench, "limit": plan.eval_limit,
+                          "samples": _file_digest(plan.data_root / spec.default_path)})
+        marker = _read_json(out / EVAL_MARKER)
+        if marker is not None and marker.get("fingerprint") == fp and (out / METRICS_FILE).is_file():
+            plan.console.print(f"[cyan]{name}/{bench}[/]: reused {out / METRICS_FILE}")
+            metrics[bench] = json.loads((out / METRICS_FILE).read_text())
+            reused.append(bench)
+            seconds += float(marker.get("seconds", 0.0))
+        else:
+            if loaded is None:
+                from dragonfly.inference import load
+
+                loaded = load(final)
+            plan.console.print(f"[bold]{name}/{bench}[/]: evaluating")
+            start = time.perf_counter()
+            metrics[bench] = evaluate(final, spec, None, plan.data_root, out, plan.eval_batch_size,
+                                      plan.eval_limit, loaded=loaded, progress=plan.progress)
+            took = time.perf_counter() - start
+            seconds += took
+            _write_json(out / EVAL_MARKER, {"fingerprint": fp, "seconds": took})
+        if (out / PREDICTIONS_FILE).is_file():  # absent for a benchmark skipped (no judge)
+            distinct[bench] = distinct_answers(out / PREDICTIONS_FILE)
+    return metrics, distinct, seconds, reused
+
+
+def _run_variant(plan: Plan, name: str, layout: Mapping, parent_id: str | None) -> VariantResult:
+    from transformers import AutoConfig
+
+    import dragonfly  # noqa: F401  (registers the Dragonfly config with AutoConfig)
+
+    tracker = None
+    if plan.mlflow:
+        from dragonfly.tracking import Tracker
+
+        tracker = Tracker(plan.experiment, name, parent_run_id=parent_id,
+                          tags={"dragonfly.ablation.variant": name, "dragonfly.profile": plan.profile})
+    status = "FAILED"
+    try:
+        final, token, seconds, losses, reused_stages = _train_variant(
+            plan, name, layout, tracker.run_id if tracker else None)
+        metrics, distinct, eval_seconds, reused_evals = _evaluate_variant(plan, name, final, token)
+        cfg = AutoConfig.from_pretrained(final)
+        result = VariantResult(
+            name=name, layout=dict(layout), model_dir=str(final), tiles_encoded=cfg.num_encoded_tiles,
+            tiles_kept=cfg.num_kept_tiles, tokens_per_tile=cfg.tokens_per_tile,
+            visual_tokens=cfg.image_seq_length, stage_seconds=seconds, stage_losses=losses,
+            eval_seconds=eval_seconds, metrics=metrics, distinct_answers=distinct, reused_stages=reused_stages,
+            reused_evals=reused_evals, run_id=tracker.run_id if tracker else None)
+        _write_json(plan.out_dir / name / VARIANT_FILE, result.to_dict())
+        if tracker is not None:
+            _log_variant(tracker, plan, result)
+        status = "FINISHED"
+        return result
+    finally:
+        if tracker is not None:
+            tracker.finish(status)
+
+
+def _log_variant(tracker, plan: Plan, result: VariantResult) -> None:
+    tracker.log_params({"variant": result.name, "layout": result.layout, "stages": list(plan.stages),
+                        "overrides": plan.stage_overrides, "seed": plan.seed, "eval_limit": plan.eval_limit})
+    numbers = {f"{bench}.{key}": float(value)
+               for bench, values in {**result.metrics, **result.figures()}.items()
+               for key, value in values.items() if isinstance(value, int | float)}
+    tracker.log_metrics(numbers)
+    tracker.set_tags({"dragonfly.ablation.reused": str(result.reused).lower()})
+    variant_dir = plan.out_dir / result.name
+    tracker.log_artifacts(variant_dir / VARIANT_FILE)
+    tracker.log_artifacts(variant_dir / "eval", "eval")
+    for stage in plan.stages:
+        if (variant_dir / stage / "metrics.jsonl").is_file():
+            tracker.log_artifacts(variant_dir / stage / "metrics.jsonl", f"train/{stage}")
+
+
+def _snapshot_params(params: Path, profile: str, seed: int, out_dir: Path) -> Path:
+    """The params file the ablation trains from: the given one with the model seed set."""
+    tree = load_params(params)
+    try:
+        tree["profiles"][profile]["model"]["seed"] = seed
+    except (KeyError, TypeError):
+        raise ConfigError(f"{params}: profile {profile!r} has no model section") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "params.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def _header(plan: Plan) -> str:
+    profile = load_profile(plan.profile, plan.params)
+    parts = []
+    for stage in plan.stages:
+        cfg = load_stage(profile, stage, plan.stage_overrides[stage])
+        parts.append(f"{stage} ({'+'.join(cfg.train)}, {cfg.max_steps or 'epoch'} steps × batch "
+                     f"{cfg.global_batch}, lr {cfg.lr:g}, mixture {cfg.data.mixture})")
+    limit = f"first {plan.eval_limit} samples" if plan.eval_limit else "all samples"
+    return (f"Profile `{plan.profile}`, seed {plan.seed}; stages from init: {' → '.join(parts)}; "
+            f"evaluated on {', '.join(plan.benchmarks)} ({limit} of the test split).")
+
+
+def run_ablation(
+    variants: Sequence[str] | None = None,
+    profile: str = "tiny",
+    params: str | Path = "params.yaml",
+    out_dir: str | Path = "ablation",
+    train_overrides: Sequence[str] = (),
+    stages: Sequence[str] = ("general1", "general2"),
+    benchmarks: Sequence[str] = ("synth_general",),
+    eval_limit: int | None = None,
+    seed: int = 0,
+    mlflow: bool = True,
+    experiment: str | None = None,
+    eval_batch_size: int = 16,
+    progress: bool = True,
+    console: Console | None = None,
+) -> AblationResult:
+    """Train and evaluate `variants` (all under `ablations:` by default) and write the tables.
+
+    `train_overrides` are stage overrides (`key=value` for every stage, `<stage>.key=value`
+    for one). With `mlflow`, one parent run (experiment `dragonfly-<profile>` unless given)
+    holds the three files as artifacts and a nested run per variant, under which the
+    stages' own runs nest. Returns the per-variant results and the written files.
+    """
+    from dragonfly.pipeline import data_config
+
+    params, out_dir = Path(params), Path(out_dir)
+    known = load_variants(params)
+    names = list(variants or known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown ablation variant(s) {unknown}; params.yaml `ablations:` has {list(known)}")
+    if not stages:
+        raise ConfigError("an ablation needs at least one stage")
+    for bench in benchmarks:
+        get_benchmark(bench)  # fail on a typo before hours of training
+    snapshot = _snapshot_params(params, profile, seed, out_dir)
+    data = data_config(snapshot)
+    plan = Plan(profile=profile, params=snapshot, out_dir=out_dir, stages=tuple(stages),
+                stage_overrides=split_overrides(train_overrides, stages), benchmarks=tuple(benchmarks),
+                eval_limit=eval_limit, eval_batch_size=eval_batch_size, seed=seed,
+                data_root=Path(data.root), mixtures_dir=Path(data.out_dir), progress=progress,
+                mlflow=mlflow, experiment=experiment or f"dragonfly-{profile}",
+                console=console or Console())
+    for stage in plan.stages:  # every stage config must load before anything trains
+        load_stage(load_profile(profile, snapshot), stage, plan.stage_overrides[stage])
+
+    parent = None
+    if mlflow:
+        from dragonfly.tracking import Tracker
+
+        parent = Tracker(plan.experiment, f"ablation-{out_dir.name}",
+                         tags={"dragonfly.ablation": "parent", "dragonfly.profile": profile})
+        parent.log_params({"variants": names, "profile": profile, "stages": list(stages), "seed": seed,
+                           "train_overrides": list(train_overrides), "benchmarks": list(benchmarks),
+                           "eval_limit": eval_limit, "out_dir": str(out_dir)})
+    status = "FAILED"
+    try:
+        results = {n: _run_variant(plan, n, known[n], parent.run_id if parent else None) for n in names}
+        settings = {"profile": profile, "params": str(params), "seed": seed, "stages": list(stages),
+                    "train_overrides": list(train_overrides), "benchmarks": list(benchmarks),
+                    "eval_limit": eval_limit}
+        files = write_report(results, benchmarks, out_dir, settings, _header(plan))
+        if parent is not None:
+            for path in files.values():
+                parent.log_artifacts(path, "ablation")
+        status = "FINISHED"
+    finally:
+        if parent is not None:
+            parent.finish(status)
+    reused = [n for n, r in results.items() if r.reused]
+    plan.console.print(f"[green]ablation written[/] {files['markdown']}"
+                       + (f"; reused without retraining: {', '.join(reused)}" if reused else ""))
+    return AblationResult(out_dir, results, files, parent.run_id if parent else None)

@@ -8,6 +8,7 @@ Rank 0 alone writes checkpoints, logs and MLflow.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -76,7 +77,7 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
     model, processor = start_model(profile, stage)
     trainable = set_trainable(model, stage.train)
     if stage.gradient_checkpointing:
-        model.language_model.gradient_checkpointing_enable()
+        model.language_model.activation_checkpointing_enable()
     dataset = ConversationDataset.from_mixture(dataset_dir, stage.data.split, data_root, processor,
                                                stage.data.max_length)
     total = _total_steps(stage, len(dataset))
@@ -134,7 +135,7 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
                                 "(all labels are -100); check the chat template and truncation")
         micro += 1
         last = micro == accum
-        context = accelerator.no_sync(model) if not last else _nullcontext()
+        context = accelerator.no_sync(model) if not last else contextlib.nullcontext()
         with context:
             loss = model(**batch).loss
             if not _all_finite(accelerator, loss):
@@ -178,14 +179,6 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _all_finite(accelerator, loss: torch.Tensor) -> bool:

@@ -124,3 +124,16 @@ def test_it_learns(workspace, tmp_path):
     assert len(losses) == 48
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.75 * first, (first, last)  # deterministic: same seed, same data order
+
+
+def test_gradient_checkpointing_gives_the_same_step(workspace, tmp_path):
+    """Same loss and weights with the LLM's gradient checkpointing on (it trades compute for memory only)."""
+    runs = {}
+    for flag in ("false", "true"):
+        final = train("general2", "tiny", workspace / "params.yaml",
+                      ["init_from=init", "max_steps=2", "global_batch=4", "micro_batch=2", "save_every=100",
+                       f"gradient_checkpointing={flag}"], out_dir=tmp_path / flag)
+        runs[flag] = (final.parent / "metrics.jsonl").read_text().splitlines(), load(final)[0].state_dict()
+    (log_a, w_a), (log_b, w_b) = runs["false"], runs["true"]
+    assert [json.loads(x)["loss"] for x in log_a] == pytest.approx([json.loads(x)["loss"] for x in log_b], abs=1e-6)
+    assert max((w_a[k] - w_b[k]).abs().max().item() for k in w_a) < 1e-6

@@ -87,11 +87,6 @@ class DragonflyImageProcessor(BaseImageProcessor):
             image_std=tuple(self.image_std),
         )
 
-    def to_dict(self):
-        out = super().to_dict()
-        out.pop("spec", None)
-        return out
-
     def __call__(self, images, **kwargs) -> BatchFeature:
         return self.preprocess(images, **kwargs)
 

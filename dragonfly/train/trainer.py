@@ -191,6 +191,9 @@ class _Window:
     """Loss, throughput and token counts accumulated between two log lines."""
 
     def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
         self.losses, self.samples, self.tokens, self.start = [], 0, 0, time.perf_counter()
 
     def add(self, loss: torch.Tensor, batch: dict) -> None:
@@ -206,7 +209,7 @@ class _Window:
         record = {"step": step, "loss": float(loss), "lr": lr, "grad_norm": norm,
                   "samples_per_s": float(counts[0]) / seconds, "tokens_per_s": float(counts[1]) / seconds,
                   "peak_memory_mb": _peak_memory_mb()}
-        self.__init__()
+        self.reset()
         return record
 
 

@@ -37,14 +37,28 @@ def make_processor(config: DragonflyConfig, tokenizer, image_mean=CLIP_MEAN, ima
 
 
 def build_tiny(spec: TinySpec | None = None, layout: Layout | None = None, seed: int = 0):
-    """A random-init tiny model and its processor; seconds on a CPU, no download."""
+    """A tiny model and its processor; seconds on a CPU, no download.
+
+    The LLM and projector are random. The vision tower is random too, unless
+    ``spec.vision_from`` names a pretrained tiny tower (``dragonfly pretrain-vision``),
+    which is then loaded like any hub vision backbone.
+    """
     spec, layout = spec or TinySpec(), layout or Layout()
     tokenizer = build_tokenizer(spec.vocab_size)
-    config = _dragonfly_config(vision_config(spec), text_config(spec, tokenizer),
+    tower, vision_cfg, mean, std = None, vision_config(spec), CLIP_MEAN, CLIP_STD
+    if spec.vision_from:
+        if not (Path(spec.vision_from) / "config.json").is_file():
+            raise FileNotFoundError(f"model.tiny.vision_from={spec.vision_from!r} holds no vision checkpoint; "
+                                    "write it with `dragonfly pretrain-vision` (or set model.tiny.vision_from=null)")
+        tower, vision_cfg, mean, std = _vision_backbone(spec.vision_from, torch.float32)
+        if (vision_cfg.image_size, vision_cfg.patch_size) != (spec.tile_size, spec.patch_size):
+            raise ValueError(f"{spec.vision_from} has tile/patch {vision_cfg.image_size}/{vision_cfg.patch_size}, "
+                             f"the profile asks for {spec.tile_size}/{spec.patch_size}")
+    config = _dragonfly_config(vision_cfg, text_config(spec, tokenizer),
                                tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), layout)
     torch.manual_seed(seed)
-    model = DragonflyForConditionalGeneration(config)
-    return model, make_processor(config, tokenizer)
+    model = DragonflyForConditionalGeneration(config, vision_tower=tower)
+    return model, make_processor(config, tokenizer, mean, std)
 
 
 def _vision_backbone(path: str, dtype: torch.dtype):

@@ -97,6 +97,47 @@ def prepare(
         console.print(f"[green]built[/] {name}: {result}")
 
 
+@app.command("pretrain-vision")
+def pretrain_vision(
+    profile: str = typer.Option("tiny", help="Profile name in params.yaml (a tiny profile)."),
+    params: Path = typer.Option(Path("params.yaml"), help="Params file."),
+    force: bool = typer.Option(False, help="Retrain even if the same tower is already saved."),
+    override: list[str] = typer.Option([], "--set", help="Dotted override, e.g. vision_pretrain.steps=500."),
+):
+    """Pretrain the tiny vision tower (CLIP's stand-in) and save it to model.tiny.vision_from."""
+    from rich.table import Table
+
+    from dragonfly.pipeline import pretrain_vision as run
+
+    out, metrics = run(profile, params, override, force)
+    table = Table("held-out patches", "value", title=f"vision tower → {out}")
+    for key in ("shape_accuracy", "tile_shape_accuracy", "colour_accuracy", "background_accuracy", "readable_patches",
+                "final_loss"):
+        table.add_row(key, f"{metrics[key]:.3f}" if isinstance(metrics[key], float) else str(metrics[key]))
+    console.print(table)
+
+
+@app.command("zoom-recall")
+def zoom_recall_command(
+    model: Path = typer.Option(..., help="Saved Dragonfly directory."),
+    variant: str = typer.Option("general", help="Synthetic variant: general or biomedical."),
+    glyph_area: float = typer.Option(576.0, help="Glyph area in px², as in data.synth."),
+    images: int = typer.Option(64, help="Fresh synthetic scenes to measure on."),
+    seed: int = typer.Option(0, help="Scene seed."),
+):
+    """How often the zoom-in selection keeps the high tiles that hold the detail, vs chance."""
+    from dragonfly.data.synth import SynthConfig
+    from dragonfly.eval.zoom_recall import zoom_recall
+    from dragonfly.inference import load
+
+    net, processor = load(model)
+    result = zoom_recall(net.eval(), processor, SynthConfig(variant=variant, seed=seed, glyph_area=glyph_area), images)
+    console.print(f"{model}: kept {result.kept_glyph_tiles} of {result.glyph_tiles} glyph tiles "
+                  f"(recall {result.recall:.3f}, chance {result.chance:.3f}, "
+                  f"order {net.config.select_order}, {images} images)")
+    console.print_json(json.dumps(result.as_dict()))
+
+
 @app.command()
 def train(
     stage: str = typer.Option(..., help="Stage name (general1, general2, med1, med2, med3)."),

@@ -31,6 +31,7 @@ class Layout:
     high_grids: list[list[int]] = field(default_factory=lambda: [list(g) for g in PAPER_HIGH])
     select_k: int = 3
     strategy: str = "region"
+    select_order: str = "most_similar"  # or least_similar (ours; see dragonfly/zoom.py)
     projector_type: str = "linear"
     vision_feature_layer: int = -2
     keep_cls: bool = True
@@ -79,11 +80,17 @@ def from_dict(cls, data: dict | None, where: str = ""):
     kwargs = {}
     for key, value in data.items():
         tp = _resolve_type(hints[key])
-        if dataclasses.is_dataclass(tp):
+        if value is None and _optional(hints[key]):
+            kwargs[key] = None
+        elif dataclasses.is_dataclass(tp):
             kwargs[key] = from_dict(tp, value, f"{where}{key}.")
         else:
             kwargs[key] = _coerce(value, tp, f"{where}{key}")
     return cls(**kwargs)
+
+
+def _optional(tp) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
 
 
 def _coerce(value, tp, name: str):

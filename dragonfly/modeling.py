@@ -34,7 +34,7 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.utils import ModelOutput
 
 from dragonfly.processing import TilingSpec
-from dragonfly.zoom import STRATEGIES, select_tiles, summarize
+from dragonfly.zoom import ORDERS, STRATEGIES, select_tiles, summarize
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 # Vision towers whose sequence starts with a CLS token (SigLIP has none).
@@ -64,6 +64,7 @@ class DragonflyConfig(PreTrainedConfig):
     high_grids: list | None = None
     select_k: int = 3
     strategy: str = "region"
+    select_order: str = "most_similar"
     projector_type: str = "linear"
     vision_feature_layer: int = -2
     keep_cls: bool = True
@@ -81,6 +82,8 @@ class DragonflyConfig(PreTrainedConfig):
         """Raise a ``ValueError`` naming the offending key when the layout cannot work."""
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.select_order not in ORDERS:
+            raise ValueError(f"select_order must be one of {ORDERS}, got {self.select_order!r}")
         if self.projector_type not in PROJECTOR_TYPES:
             raise ValueError(f"projector_type must be one of {PROJECTOR_TYPES}, got {self.projector_type!r}")
         tiling = self.tiling  # validates grids and resize_mode
@@ -240,7 +243,7 @@ class DragonflyForConditionalGeneration(DragonflyPreTrainedModel, GenerationMixi
                 if image_regions is None:
                     raise ValueError("image_regions are required for zoom-in selection")
                 kept = select_tiles(summarize(base[:, 1:]), summarize(high), image_regions.to(base.device),
-                                    cfg.select_k, cfg.strategy)
+                                    cfg.select_k, cfg.strategy, cfg.select_order)
                 if recompute:
                     picked = torch.gather(high_pixels, 1, kept[:, :, None, None, None].expand(-1, -1, *high_pixels.shape[2:]))
                     kept_tokens = self.encode_tiles(picked.flatten(0, 1)).unflatten(0, (num_images, kept.shape[1]))

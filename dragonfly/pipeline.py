@@ -47,6 +47,47 @@ def _tracker_factory(profile: Profile):
     return factory
 
 
+def pretrain_vision(profile: str = "tiny", params: str | Path | None = DEFAULT_PARAMS,
+                    overrides: list[str] | None = None, force: bool = False, progress: bool = True) -> tuple[Path, dict]:
+    """Pretrain the tiny profile's vision tower and save it to ``model.tiny.vision_from``.
+
+    Skipped (returning the saved metrics) when that directory already holds a tower
+    pretrained with the same configuration, unless ``force``.
+    """
+    import json
+    from dataclasses import asdict
+
+    from dragonfly.config import ConfigError, from_dict
+    from dragonfly.processing import TilingSpec
+    from dragonfly.train.backbone import BackbonePretrainConfig, pretrain, save_backbone
+
+    prof = load_profile(profile, params, overrides)
+    spec, layout = prof.model.tiny, prof.model.layout
+    if prof.model.source != "tiny" or not spec.vision_from:
+        raise ConfigError(f"profile {profile!r}: pretrain-vision writes model.tiny.vision_from of a tiny profile; "
+                          "set model.source=tiny and model.tiny.vision_from=<dir>")
+    cfg = from_dict(BackbonePretrainConfig, prof.extra.get("vision_pretrain"), "vision_pretrain.")
+    out = Path(spec.vision_from)
+    record = out / "pretrain.json"
+    wanted = {**asdict(cfg), "tiny": asdict(spec), "feature_layer": layout.vision_feature_layer}
+    if record.is_file() and not force:
+        saved = json.loads(record.read_text())
+        if saved.get("config") == wanted:
+            return out, saved["metrics"]
+    tiling = TilingSpec(tile_size=spec.tile_size, medium_grids=layout.medium_grids, high_grids=layout.high_grids)
+    tower, metrics = pretrain(spec, tiling, cfg, layout.vision_feature_layer, progress=progress)
+    save_backbone(tower, out, metrics, wanted)
+    if tracking_enabled():
+        from dragonfly.tracking import Tracker
+
+        tracker = Tracker(experiment=f"dragonfly-{prof.name}", run_name="vision_pretrain",
+                          tags={"dragonfly.stage": "vision_pretrain", "dragonfly.profile": prof.name})
+        tracker.log_params(wanted)
+        tracker.log_metrics({k: float(v) for k, v in metrics.items()})
+        tracker.finish()
+    return out, metrics
+
+
 def train(stage: str, profile: str = "tiny", params: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None,
           resume: bool = False, out_dir: str | Path | None = None) -> Path:
     """Run one training stage of a profile; returns its ``final`` model directory."""

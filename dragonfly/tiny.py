@@ -21,7 +21,9 @@ SPECIAL_TOKENS = [BOS, EOS, HEADER_START, HEADER_END, EOT, IMAGE_TOKEN]
 
 # Words the tiny tokenizer should see whole: chat roles, the synthetic benchmark's
 # vocabulary and common instruction phrasing. Anything else falls back to bytes.
-_CORPUS_WORDS = ["system", "user", "assistant", "you", "are", "a", "helpful", "vision", "language", "assistant", "describe", "the", "image", "what", "is", "shown", "in", "this", "picture", "is", "there", "a", "an", "in", "on", "at", "of", "with", "and", "or", "not", "yes", "no", "which", "how", "many", "shape", "color", "colour", "count", "small", "large", "tiny", "detail", "region", "corner", "top", "bottom", "left", "right", "center", "circle", "square", "triangle", "cross", "star", "diamond", "dot", "dots", "ring", "line", "red", "green", "blue", "yellow", "orange", "purple", "pink", "white", "black", "gray", "brown", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "zero", "answer", "question", "caption", "the", "photo", "shows", "contains", "appears", "looks", "like", "contains", "visible", "tissue", "cell", "cells", "nucleus", "nuclei", "stained", "slide", "pathology", "radiology", "x-ray", "chest", "lung", "heart", "scan", "mri", "ct", "finding", "findings", "impression", "normal", "abnormal", "lesion", "mass", "opacity", "effusion", "fracture", "tumor", "option", "options", "choose", "letter", "correct", "a", "b", "c", "d", "e", "please", "briefly", "single", "word", "phrase", "sentence"]
+_CORPUS_WORDS = ["system", "user", "assistant", "you", "are", "a", "helpful", "vision", "language", "assistant", "describe", "the", "image", "what", "is", "shown", "in", "this", "picture", "is", "there", "a", "an", "in", "on", "at", "of", "with", "and", "or", "not", "yes", "no", "which", "how", "many", "shape", "color", "colour", "count", "small", "large", "tiny", "detail", "region", "corner", "top", "bottom", "left", "right", "center", "circle", "square", "triangle", "cross", "star", "diamond", "dot", "dots", "ring", "line", "red", "green", "blue", "yellow", "orange", "purple", "pink", "white", "black", "gray", "brown", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "zero", "answer", "question", "caption", "the", "photo", "shows", "contains", "appears", "looks", "like", "contains", "visible", "tissue", "glyph", "glyphs", "cell", "cells", "nucleus", "nuclei", "stained", "slide", "pathology", "radiology", "x-ray", "chest", "lung", "heart", "scan", "mri", "ct", "finding", "findings", "impression", "normal", "abnormal", "lesion", "mass", "opacity", "effusion", "fracture", "tumor", "option", "options", "choose", "letter", "correct", "a", "b", "c", "d", "e", "please", "briefly", "single", "word", "phrase", "sentence"]
+
+_CAPITALISED = ["there", "is", "are", "what", "which", "describe", "answer", "how", "the", "a", "an", "options"]
 
 
 @dataclass
@@ -36,11 +38,14 @@ class TinySpec:
     text_hidden: int = 64
     text_layers: int = 2
     text_heads: int = 2
-    vocab_size: int = 512
+    vocab_size: int = 1024  # room for the corpus words whole, in both forms
     max_positions: int = 2048
+    # A pretrained tiny tower (written by `dragonfly pretrain-vision`) in the hub's vision-only
+    # CLIP layout; None keeps the random tower (fast tests).
+    vision_from: str | None = None
 
 
-def build_tokenizer(vocab_size: int = 512, image_token: bool = True) -> PreTrainedTokenizerFast:
+def build_tokenizer(vocab_size: int = 1024, image_token: bool = True) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE offline, deterministically, and wrap it for transformers.
 
     ``image_token=False`` gives a plain Llama-3-style LLM tokenizer (as a hub LLM ships).
@@ -55,7 +60,11 @@ def build_tokenizer(vocab_size: int = 512, image_token: bool = True) -> PreTrain
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    lines = [" ".join(_CORPUS_WORDS[i : i + 12]) for i in range(0, len(_CORPUS_WORDS), 12)]
+    # Each word twice: after a space (mid-sentence) and bare, because an answer starts right
+    # after the header's "\n\n" with no space; without the bare forms "circle" and "cross"
+    # both begin with the byte "c" and a one-word answer is spread over three tokens.
+    words = _CORPUS_WORDS + [w.capitalize() for w in _CAPITALISED]
+    lines = [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)] + words
     tok.train_from_iterator(lines * 4, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

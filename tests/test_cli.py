@@ -37,7 +37,7 @@ def test_every_subcommand_has_help(name):
 def test_init_then_predict_on_a_real_photo(tmp_path, retina):
     photo = tmp_path / "retina.jpg"
     retina.save(photo)
-    init = _run("init", str(tmp_path / "model"), "--profile", "tiny")
+    init = _run("init", str(tmp_path / "model"), "--profile", "tiny", "--set", "model.tiny.vision_from=null")
     assert init.returncode == 0, init.stderr
     assert "17 kept" in init.stdout
     pred = _run("predict", "--model", str(tmp_path / "model"), "--image", str(photo), "--question",

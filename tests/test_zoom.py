@@ -19,22 +19,22 @@ def _inputs(seed, batch, pair, dim):
     return torch.randn(batch, nm, dim, generator=gen), torch.randn(batch, nh, dim, generator=gen), regions
 
 
-def _brute_region(mid, high, regions, k):
+def _brute_region(mid, high, regions, k, sign=1.0):
     out = []
     for b in range(mid.shape[0]):
         kept = []
         for i, region in enumerate(regions[b].tolist()):
             scores = {j: float(mid[b, i] @ high[b, j]) for j in region}
-            kept += sorted(region, key=lambda j: -scores[j])[:k]
+            kept += sorted(region, key=lambda j: -sign * scores[j])[:k]
         out.append(sorted(kept))
     return torch.tensor(out)
 
 
-def _brute_global(mid, high, count):
+def _brute_global(mid, high, count, sign=1.0):
     out = []
     for b in range(mid.shape[0]):
         best = {j: max(float(mid[b, i] @ high[b, j]) for i in range(mid.shape[1])) for j in range(high.shape[1])}
-        out.append(sorted(sorted(best, key=lambda j: -best[j])[:count]))
+        out.append(sorted(sorted(best, key=lambda j: -sign * best[j])[:count]))
     return torch.tensor(out)
 
 
@@ -65,6 +65,31 @@ def test_global_selection_equals_brute_force(seed, batch, pair, dim, data):
     assert (kept.diff(dim=1) > 0).all()
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 3), pair=st.sampled_from(PAIRS),
+       dim=st.integers(1, 16), data=st.data())
+def test_least_similar_order_equals_brute_force(seed, batch, pair, dim, data):
+    mid, high, regions = _inputs(seed, batch, pair, dim)
+    k = data.draw(st.integers(1, regions.shape[2]))
+    region = select_tiles(mid, high, regions, k, "region", "least_similar")
+    assert torch.equal(region, _brute_region(mid, high, regions, k, sign=-1.0))
+    global_ = select_tiles(mid, high, regions, k, "global", "least_similar")
+    assert torch.equal(global_, _brute_global(mid, high, regions.shape[1] * k, sign=-1.0))
+
+
+def test_least_similar_keeps_the_odd_tile_the_paper_rule_drops():
+    # Region 0 is background (summary b) except one detail tile d, orthogonal to b: the
+    # paper's rule ranks it last, least_similar keeps it.
+    regions = region_map((2, 2), (6, 4))[None]
+    background, detail = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    mid = background.expand(1, 4, 2).clone()
+    high = (background + 0.01 * torch.randn(24, 2, generator=torch.Generator().manual_seed(0)))[None].clone()
+    odd = int(regions[0, 0, 2])
+    high[0, odd] = 0.7 * background + 0.3 * detail
+    assert odd not in select_tiles(mid, high, regions, 3, "region")[0].tolist()
+    assert odd in select_tiles(mid, high, regions, 3, "region", "least_similar")[0].tolist()
+
+
 def test_region_and_global_differ_when_one_region_dominates():
     # All the best matches sit in region 0: global takes them all, region takes k each.
     regions = region_map((2, 2), (6, 4))[None]
@@ -83,5 +108,7 @@ def test_bad_arguments_are_named():
         select_tiles(mid, high, regions, 7, "region")
     with pytest.raises(ValueError, match="unknown selection strategy"):
         select_tiles(mid, high, regions, 3, "best")
+    with pytest.raises(ValueError, match="order must be"):
+        select_tiles(mid, high, regions, 3, "region", "random")
     with pytest.raises(ValueError, match="expects"):
         select_tiles(mid[0], high, regions, 3, "region")

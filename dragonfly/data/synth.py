@@ -164,6 +164,14 @@ def _mask(glyph: Glyph, area: float) -> tuple[Image.Image, tuple[int, int]]:
     return big.resize((side, side), Image.Resampling.BOX), (x0, y0)
 
 
+def coverage_mask(size: tuple[int, int], glyph: Glyph, area: float) -> Image.Image:
+    """The glyph's anti-aliased coverage (0-255) on a blank canvas of the image's size."""
+    mask, offset = _mask(glyph, area)
+    canvas = Image.new("L", size, 0)
+    canvas.paste(mask, offset)
+    return canvas
+
+
 def _smooth_noise(rng: np.random.Generator, size: tuple[int, int], cell: int) -> np.ndarray:
     """Low-frequency noise in [0, 1]: a coarse random grid upsampled bicubically."""
     w, h = size

@@ -53,9 +53,10 @@ PAPER_TABLES: tuple[PaperTable, ...] = (
                "{(4,4),(2,8),(8,2)}; Baseline-3: low + {(6,4),(4,6),(3,8),(8,3)}, all tiles; "
                "Dragonfly: low + medium + 12 of 24 high tiles (region selection)."),
     PaperTable("Table 5 — zoom-in selection strategy",
-               ("dragonfly_global", "dragonfly_region"),
+               ("dragonfly_global", "dragonfly_region", "dragonfly_least_similar"),
                "Global: each medium summary scores all high tiles, 12 kept overall; region: "
-               "each medium tile keeps its 3 best high tiles."),
+               "each medium tile keeps its 3 most similar high tiles; least similar (ours, not "
+               "in the paper): each medium tile keeps its 3 least similar high tiles."),
     PaperTable("Table 6 — high-resolution grid for zoom-in selection",
                ("high_4x4", "dragonfly_region", "high_6x8"),
                "High grids {[4,4],[2,8],[8,2]}, {[6,4],[4,6],[3,8],[8,3]} (default), "
@@ -133,6 +134,8 @@ def _layout_label(layout: Mapping) -> str:
         return "{" + ",".join(f"({c},{r})" for c, r in value) + "}"
 
     parts = [f"strategy {layout.get('strategy', 'region')}"]
+    if layout.get("select_order", "most_similar") != "most_similar":
+        parts.append(f"keeps {layout['select_order'].replace('_', ' ')}")
     if "medium_grids" in layout:
         parts.append(f"medium {grids(layout['medium_grids'])}")
     if layout.get("high_grids"):

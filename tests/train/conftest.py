@@ -30,6 +30,7 @@ def make_workspace(root: Path, n_train: int = 12) -> Path:
     params["data"]["root"] = str(data)
     params["data"]["out_dir"] = str(data / "mixtures")
     params["profiles"]["tiny"]["runs_dir"] = str(root / "runs")
+    params["profiles"]["tiny"]["model"]["tiny"]["vision_from"] = None  # random tower: fast; tested in test_backbone
     cfg = DataConfig.from_dict(params["data"])
     for name in ("tiny_general", "tiny_med", "tiny_med_bench"):
         build_mixture(cfg.mixture(name), data, data / "mixtures" / name)

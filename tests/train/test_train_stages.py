@@ -108,6 +108,17 @@ def test_non_finite_loss_saves_last_good_state_and_stops(workspace, tmp_path):
     assert state["step"] == len(logged) and all(map(lambda r: r["loss"] == r["loss"], logged))
 
 
+def test_resume_refuses_a_changed_configuration(workspace, tmp_path):
+    run = ["max_steps=2", "global_batch=2", "micro_batch=2", "save_every=1"]
+    train("general1", "tiny", workspace / "params.yaml", run, out_dir=tmp_path)
+    with pytest.raises(TrainingError, match=r"different configuration \(lr: 0.001 → 0.0005\)"):
+        train("general1", "tiny", workspace / "params.yaml", [*run, "lr=5e-4"], resume=True, out_dir=tmp_path)
+    # Bookkeeping and how a step is split may change: the run picks up where it stopped.
+    final = train("general1", "tiny", workspace / "params.yaml", [*run, "keep_last=3", "micro_batch=1"],
+                  resume=True, out_dir=tmp_path)
+    assert (final / "config.json").is_file()
+
+
 def test_first_batch_is_logged_decoded(workspace, tmp_path, capsys):
     train("general1", "tiny", workspace / "params.yaml", ["max_steps=1", "global_batch=2", "micro_batch=2"],
           out_dir=tmp_path)

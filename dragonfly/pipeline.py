@@ -69,7 +69,11 @@ def pretrain_vision(profile: str = "tiny", params: str | Path | None = DEFAULT_P
     cfg = from_dict(BackbonePretrainConfig, prof.extra.get("vision_pretrain"), "vision_pretrain.")
     out = Path(spec.vision_from)
     record = out / "pretrain.json"
-    wanted = {**asdict(cfg), "tiny": asdict(spec), "feature_layer": layout.vision_feature_layer}
+    # What the saved tower depends on: its own sizes, the tiling it was trained on and the
+    # feature layer; not the LLM's sizes nor the output path.
+    vision = {k: getattr(spec, k) for k in ("tile_size", "patch_size", "vision_hidden", "vision_layers", "vision_heads")}
+    wanted = {**asdict(cfg), "tower": vision, "feature_layer": layout.vision_feature_layer,
+              "medium_grids": [list(g) for g in layout.medium_grids], "high_grids": [list(g) for g in layout.high_grids]}
     if record.is_file() and not force:
         saved = json.loads(record.read_text())
         if saved.get("config") == wanted:

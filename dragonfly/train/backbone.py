@@ -108,6 +108,12 @@ def tile_labels(shape: np.ndarray) -> np.ndarray:
     return out
 
 
+def tiled_grids(tiles: dict) -> list[tuple[int, int]]:
+    """The (cols, rows) grids of a ``tile_image`` result, in tile order: low, medium, high."""
+    high = [tuple(tiles["high_grid"])] if tiles["high_grid"][0] else []
+    return [(1, 1), tuple(tiles["medium_grid"]), *high]
+
+
 def tile_dataset(cfg: BackbonePretrainConfig, spec: TilingSpec, patch: int,
                  variants: tuple[str, ...] = tuple(PALETTES)) -> dict[str, torch.Tensor]:
     """Tiles of ``cfg.images`` fresh scenes (alternating variants) with their patch labels."""
@@ -116,10 +122,8 @@ def tile_dataset(cfg: BackbonePretrainConfig, spec: TilingSpec, patch: int,
         synth = SynthConfig(variant=variants[i % len(variants)], glyph_area=cfg.glyph_area)
         scene = make_scene(synth, np.random.default_rng([cfg.seed, i]))
         tiles = tile_image(render(scene, synth), spec)
-        grids = [(1, 1), tiles["medium_grid"]] + ([tiles["high_grid"]] if tiles["high_grid"][0] else [])
-        shape, colour = patch_labels(scene, cfg.glyph_area, grids, spec.tile_size, patch)
-        count = len(shape)
-        pixels.append(tiles["pixel_values"][:count])
+        shape, colour = patch_labels(scene, cfg.glyph_area, tiled_grids(tiles), spec.tile_size, patch)
+        pixels.append(tiles["pixel_values"])
         shapes.append(torch.from_numpy(shape))
         colours.append(torch.from_numpy(colour))
     shape = torch.cat(shapes)

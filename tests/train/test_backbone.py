@@ -89,6 +89,8 @@ def test_pretrained_tower_learns_saves_in_hub_layout_and_loads_into_the_model(pa
     again, same = pretrain_vision("tiny", params, progress=False)
     assert same == metrics and (out / "model.safetensors").stat().st_mtime_ns == (
         again / "model.safetensors").stat().st_mtime_ns
+    _, llm_changed = pretrain_vision("tiny", params, ["model.tiny.text_hidden=32"], progress=False)
+    assert llm_changed == metrics  # the LLM's sizes do not touch the tower
     _, changed = pretrain_vision("tiny", params, ["vision_pretrain.steps=2"], progress=False)
     assert changed["final_loss"] > metrics["final_loss"]
 

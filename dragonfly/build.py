@@ -11,16 +11,20 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from dragonfly.config import Layout, ModelSection
+from dragonfly.config import ConfigError, Layout, ModelSection
 from dragonfly.modeling import DragonflyConfig, DragonflyForConditionalGeneration
 from dragonfly.processing import CLIP_MEAN, CLIP_STD
 from dragonfly.processor import IMAGE_TOKEN, DragonflyImageProcessor, DragonflyProcessor
 from dragonfly.tiny import TinySpec, build_tokenizer, text_config, vision_config
+from dragonfly.weights import DUAL_ENCODER_UNUSED, load_strict
 
 
 def _dragonfly_config(vision_cfg, text_cfg, image_token_id: int, layout: Layout) -> DragonflyConfig:
-    return DragonflyConfig(vision_config=vision_cfg, text_config=text_cfg, image_token_id=image_token_id,
-                           **asdict(layout))
+    try:
+        return DragonflyConfig(vision_config=vision_cfg, text_config=text_cfg, image_token_id=image_token_id,
+                               **asdict(layout))
+    except ValueError as err:  # the model core validates the layout; name it as the config key
+        raise ConfigError(f"model.layout: {err}") from None
 
 
 def make_processor(config: DragonflyConfig, tokenizer, image_mean=CLIP_MEAN, image_std=CLIP_STD) -> DragonflyProcessor:
@@ -48,11 +52,11 @@ def build_tiny(spec: TinySpec | None = None, layout: Layout | None = None, seed:
     tower, vision_cfg, mean, std = None, vision_config(spec), CLIP_MEAN, CLIP_STD
     if spec.vision_from:
         if not (Path(spec.vision_from) / "config.json").is_file():
-            raise FileNotFoundError(f"model.tiny.vision_from={spec.vision_from!r} holds no vision checkpoint; "
-                                    "write it with `dragonfly pretrain-vision` (or set model.tiny.vision_from=null)")
+            raise ConfigError(f"model.tiny.vision_from={spec.vision_from!r} holds no vision checkpoint",
+                              hint="write it with `dragonfly pretrain-vision` (or set model.tiny.vision_from=null)")
         tower, vision_cfg, mean, std = _vision_backbone(spec.vision_from, torch.float32)
         if (vision_cfg.image_size, vision_cfg.patch_size) != (spec.tile_size, spec.patch_size):
-            raise ValueError(f"{spec.vision_from} has tile/patch {vision_cfg.image_size}/{vision_cfg.patch_size}, "
+            raise ConfigError(f"{spec.vision_from} has tile/patch {vision_cfg.image_size}/{vision_cfg.patch_size}, "
                              f"the profile asks for {spec.tile_size}/{spec.patch_size}")
     config = _dragonfly_config(vision_cfg, text_config(spec, tokenizer),
                                tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), layout)
@@ -65,7 +69,7 @@ def _vision_backbone(path: str, dtype: torch.dtype):
     """Load a vision tower from a vision-only or a dual-encoder (CLIP/SigLIP) checkpoint."""
     cfg = AutoConfig.from_pretrained(path)
     vision_cfg = getattr(cfg, "vision_config", cfg)
-    tower = AutoModel.from_pretrained(path, config=vision_cfg, dtype=dtype)
+    tower = load_strict(AutoModel, path, DUAL_ENCODER_UNUSED, config=vision_cfg, dtype=dtype)
     mean, std = CLIP_MEAN, CLIP_STD
     preprocessor = Path(path) / "preprocessor_config.json"
     if preprocessor.is_file():  # a hub id resolves through the cache; local dirs are read directly
@@ -90,7 +94,7 @@ def build_from_backbones(vision: str, llm: str, layout: Layout | None = None, dt
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=torch_dtype)
+    language_model = load_strict(AutoModelForCausalLM, llm, dtype=torch_dtype)
     config = _dragonfly_config(vision_cfg, language_model.config, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), layout)
     torch.manual_seed(seed)
     model = DragonflyForConditionalGeneration(config, vision_tower=tower, language_model=language_model)
@@ -104,4 +108,4 @@ def build_model(section: ModelSection):
         return build_tiny(section.tiny, section.layout, section.seed)
     if section.source == "backbones":
         return build_from_backbones(section.vision, section.llm, section.layout, section.dtype, section.seed)
-    raise ValueError(f"model.source must be 'tiny' or 'backbones', got {section.source!r}")
+    raise ConfigError(f"model.source must be 'tiny' or 'backbones', got {section.source!r}")

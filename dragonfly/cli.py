@@ -5,14 +5,39 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-app = typer.Typer(help="Dragonfly: multi-resolution zoom-in vision-language model.", no_args_is_help=True,
-                  pretty_exceptions_show_locals=False)
+from dragonfly.errors import DragonflyError
+
+app = typer.Typer(help="Dragonfly: multi-resolution zoom-in vision-language model. "
+                       "Add --debug to any command (or set DRAGONFLY_DEBUG=1) for full tracebacks.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
 console = Console()
+ParamsOption = typer.Option(Path("params.yaml"), "--params", help="Params file holding the profiles.")
+SetOption = typer.Option([], "--set", help="Dotted override of the profile, e.g. model.layout.select_k=2, "
+                                          "or of the data section, e.g. data.root=/mnt/data.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console entry point: an expected error prints as one line (plus a hint) and
+    exits 1; ``--debug`` or ``DRAGONFLY_DEBUG=1`` shows its traceback. Anything else is a
+    bug and keeps its traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("DRAGONFLY_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="dragonfly")
+    except DragonflyError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _mount(module: str, name: str, help_text: str) -> None:
@@ -30,14 +55,14 @@ def _mount(module: str, name: str, help_text: str) -> None:
 def init(
     out: Path = typer.Argument(..., help="Directory to write the model and processor to."),
     profile: str = typer.Option("tiny", help="Profile name in params.yaml."),
-    params: Path = typer.Option(Path("params.yaml"), help="Params file holding the profiles."),
-    override: list[str] = typer.Option([], "--set", help="Dotted override, e.g. model.layout.select_k=2."),
+    params: Path = ParamsOption,
+    override: list[str] = SetOption,
 ):
     """Build a model for PROFILE (random tiny init, or backbones) and save it to OUT."""
     from dragonfly.build import build_model
-    from dragonfly.config import load_profile
+    from dragonfly.pipeline import load_settings
 
-    prof = load_profile(profile, params if params.is_file() else None, override)
+    prof = load_settings(params, profile, override).profile
     model, processor = build_model(prof.model)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -87,7 +112,7 @@ def predict(
 
 @app.command()
 def prepare(
-    params: Path = typer.Option(Path("params.yaml"), help="Params file."),
+    params: Path = ParamsOption,
     mixture: list[str] = typer.Option([], help="Mixture(s) to build (default: all in params)."),
 ):
     """Generate the synthetic benchmarks and build the training mixtures."""
@@ -100,7 +125,7 @@ def prepare(
 @app.command("pretrain-vision")
 def pretrain_vision(
     profile: str = typer.Option("tiny", help="Profile name in params.yaml (a tiny profile)."),
-    params: Path = typer.Option(Path("params.yaml"), help="Params file."),
+    params: Path = ParamsOption,
     force: bool = typer.Option(False, help="Retrain even if the same tower is already saved."),
     override: list[str] = typer.Option([], "--set", help="Dotted override, e.g. vision_pretrain.steps=500."),
 ):
@@ -142,15 +167,16 @@ def zoom_recall_command(
 def train(
     stage: str = typer.Option(..., help="Stage name (general1, general2, med1, med2, med3)."),
     profile: str = typer.Option("tiny", help="Profile name in params.yaml."),
-    params: Path = typer.Option(Path("params.yaml"), help="Params file."),
+    params: Path = ParamsOption,
     resume: bool = typer.Option(False, help="Continue from the newest valid checkpoint of this stage."),
     out: Path | None = typer.Option(None, help="Output directory (default runs/<profile>/<stage>)."),
+    override: list[str] = SetOption,
     overrides: list[str] = typer.Argument(None, help="Stage overrides key=value, e.g. lr=1e-4 max_steps=5."),
 ):
     """Train one stage; writes checkpoints and a save_pretrained model to <out>/final."""
     from dragonfly.pipeline import train as run
 
-    final = run(stage, profile, params, overrides or [], resume, out)
+    final = run(stage, profile, params, overrides or [], resume, out, sets=override)
     if os.environ.get("RANK", "0") == "0":
         console.print(f"[green]stage {stage} done[/]: {final}")
 
@@ -159,7 +185,7 @@ def train(
 def ablate(
     variant: list[str] = typer.Option([], help="Variant(s) under `ablations:` in params (default: all)."),
     profile: str = typer.Option("tiny", help="Profile name in params.yaml."),
-    params: Path = typer.Option(Path("params.yaml"), help="Params file."),
+    params: Path = ParamsOption,
     out: Path = typer.Option(Path("ablation"), help="Output directory (one sub-dir per variant)."),
     stage: list[str] = typer.Option([], help="Stages chained from init (default: general1 general2)."),
     benchmark: list[str] = typer.Option([], help="Benchmark(s) to evaluate (default: synth_general)."),
@@ -198,4 +224,4 @@ _mount("dragonfly.eval.cli", "eval", "Evaluate a model on the paper's benchmarks
 
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -4,6 +4,7 @@ dotted ``key=value`` overrides. Unknown keys are errors that name the key and it
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -13,14 +14,30 @@ from typing import Any
 
 import yaml
 
+from dragonfly.errors import DragonflyError, close_match
 from dragonfly.modeling import PAPER_HIGH, PAPER_MEDIUM
 from dragonfly.tiny import TinySpec
 
 DEFAULT_PARAMS = Path("params.yaml")
+# The sections of params.yaml. `anchors:` holds YAML anchors (`&name`) only; the loader
+# never reads it, so shared blocks can live there without being a setting of their own.
+TOP_LEVEL = ("anchors", "profiles", "ablations", "data")
+PARAMS_HINT = "run from the project directory (it holds params.yaml) or pass --params FILE"
 
 
-class ConfigError(ValueError):
+class ConfigError(DragonflyError, ValueError):
     """A configuration that cannot be used; the message names the key."""
+
+
+def check_keys(data: dict, valid, where: str = "") -> None:
+    """ConfigError naming each unknown key of ``data``, where it is, and the valid keys."""
+    valid = sorted(valid)
+    unknown = [k for k in data if k not in valid]
+    if unknown:
+        key = unknown[0]
+        more = f" (and {', '.join(map(str, unknown[1:]))})" if len(unknown) > 1 else ""
+        raise ConfigError(f"unknown key {where}{key}{close_match(str(key), valid)}{more}; "
+                          f"valid keys under {where.rstrip('.') or 'the top level'}: {', '.join(valid)}")
 
 
 @dataclass
@@ -53,9 +70,18 @@ class ModelSection:
 
 @dataclass
 class Profile:
+    """One entry of ``profiles:``. ``stages`` and ``vision_pretrain`` stay mappings here and
+    are typed by their owners (``train.config.load_stage``, ``train.backbone``), which the
+    pipeline's loader runs over every entry, so a typo anywhere fails every command."""
+
     name: str = "tiny"
     model: ModelSection = field(default_factory=ModelSection)
-    extra: dict = field(default_factory=dict)  # sections owned by later stages (data, train, eval)
+    stages: dict = field(default_factory=dict)
+    vision_pretrain: dict = field(default_factory=dict)
+    runs_dir: str = "runs"  # stage outputs go to <runs_dir>/<profile>/<stage>
+
+
+PROFILE_KEYS = ("model", "stages", "vision_pretrain", "runs_dir")
 
 
 def _resolve_type(tp):
@@ -72,11 +98,7 @@ def from_dict(cls, data: dict | None, where: str = ""):
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(f'{where}{k}' for k in unknown)}; "
-                          f"valid keys under {where or 'top level'}: {', '.join(sorted(names))}")
+    check_keys(data, {f.name for f in dataclasses.fields(cls)}, where)
     kwargs = {}
     for key, value in data.items():
         tp = _resolve_type(hints[key])
@@ -127,22 +149,48 @@ def set_dotted(tree: dict, dotted: str) -> None:
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:
+    """The whole params file as a mapping; a missing file or unknown section is an error."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"params file {path} not found")
-    return yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"params file {path} not found", hint=PARAMS_HINT)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+    tree = tree or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(tree).__name__}")
+    check_keys(tree, TOP_LEVEL)
+    for name, layout in (tree.get("ablations") or {}).items():
+        if not isinstance(layout, dict):
+            raise ConfigError(f"ablations.{name}: expected a mapping of layout keys")
+        check_keys(layout, {f.name for f in dataclasses.fields(Layout)}, f"ablations.{name}.")
+    return tree
 
 
-def load_profile(name: str = "tiny", path: str | Path | None = DEFAULT_PARAMS,
+def split_overrides(overrides: list[str] | None) -> tuple[list[str], list[str]]:
+    """(profile overrides, ``data.*`` overrides): ``--set data.root=x`` edits the data section."""
+    items = list(overrides or [])
+    return [o for o in items if not o.startswith("data.")], [o[5:] for o in items if o.startswith("data.")]
+
+
+def load_profile(name: str = "tiny", path: str | Path = DEFAULT_PARAMS,
                  overrides: list[str] | None = None) -> Profile:
-    """The named profile of ``params.yaml`` (or the built-in defaults when path is None)."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        profiles = load_params(path).get("profiles", {})
-        if name not in profiles:
-            raise ConfigError(f"profile {name!r} not in {path}; available: {', '.join(profiles) or 'none'}")
-        tree = dict(profiles[name] or {})
+    """The named profile of ``params.yaml`` with dotted overrides applied (profile-relative)."""
+    profiles = load_params(path).get("profiles") or {}
+    if name not in profiles:
+        raise ConfigError(f"profile {name!r} not in {path}{close_match(name, profiles)}; "
+                          f"available: {', '.join(profiles) or 'none'}")
+    tree: dict[str, Any] = copy.deepcopy(profiles[name] or {})
     for item in overrides or []:
+        if item.startswith("data."):
+            raise ConfigError(f"override {item!r} edits the data section, not the profile; "
+                              "pass it where the data config is loaded")
         set_dotted(tree, item)
-    model = tree.pop("model", {})
-    return Profile(name=name, model=from_dict(ModelSection, model, "model."), extra=tree)
+    check_keys(tree, PROFILE_KEYS, f"profiles.{name}.")
+    for key in ("stages", "vision_pretrain"):
+        if not isinstance(tree.get(key) or {}, dict):
+            raise ConfigError(f"profiles.{name}.{key}: expected a mapping")
+    return Profile(name=name, model=from_dict(ModelSection, tree.get("model"), "model."),
+                   stages=tree.get("stages") or {}, vision_pretrain=tree.get("vision_pretrain") or {},
+                   runs_dir=str(tree.get("runs_dir", "runs")))

@@ -9,20 +9,21 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import dragonfly  # noqa: F401  (registers the Auto classes)
+from dragonfly.errors import CheckpointError
 from dragonfly.processor import IMAGE_TOKEN
-
-
-class CheckpointError(FileNotFoundError):
-    """A model directory that is missing or incomplete."""
+from dragonfly.weights import load_strict
 
 
 def load(model_dir: str | Path, dtype: str = "float32"):
-    """Model (eval mode) + processor from a ``save_pretrained`` directory."""
+    """Model (eval mode) + processor from a ``save_pretrained`` directory; tensors that do
+    not match the model are an error (see ``dragonfly.weights``)."""
     model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CheckpointError(f"model directory {model_dir} not found")
     missing = [f for f in ("config.json", "processor_config.json") if not (model_dir / f).is_file()]
     if missing:
         raise CheckpointError(f"{model_dir} is not a Dragonfly checkpoint (missing {', '.join(missing)})")
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    model = load_strict(AutoModelForImageTextToText, model_dir, dtype=getattr(torch, dtype))
     processor = AutoProcessor.from_pretrained(model_dir)
     return model.eval(), processor
 

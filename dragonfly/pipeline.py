@@ -5,15 +5,40 @@ these; none of them re-implements a step.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from dragonfly.config import DEFAULT_PARAMS, Profile, load_profile
+from dragonfly.config import DEFAULT_PARAMS, Profile, from_dict, load_profile, split_overrides
 from dragonfly.data.config import DataConfig, load_data_config
-from dragonfly.train.config import StageConfig, load_stage
+from dragonfly.train.config import BackbonePretrainConfig, StageConfig, load_stage, stage_names
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one command reads from ``params.yaml``, checked as a whole."""
+
+    params: Path
+    profile: Profile
+    data: DataConfig
+
+
+def load_settings(params: str | Path = DEFAULT_PARAMS, profile: str = "tiny",
+                  overrides: list[str] | None = None) -> Settings:
+    """The one loader of ``params.yaml`` (default ``./params.yaml``): the profile, every
+    stage, the vision pretraining and the data section are all typed here, so a typo in
+    any of them fails every command up front. ``overrides`` are ``key=value`` relative to
+    the profile (``model.layout.select_k=2``, ``stages.general2.lr=1e-4``), or to the data
+    section when they start with ``data.`` (``data.root=/mnt/data``)."""
+    profile_overrides, data_overrides = split_overrides(overrides)
+    prof = load_profile(profile, params, profile_overrides)
+    for name in stage_names(prof):
+        load_stage(prof, name)
+    from_dict(BackbonePretrainConfig, prof.vision_pretrain, f"profiles.{profile}.vision_pretrain.")
+    return Settings(Path(params), prof, load_data_config(params, data_overrides))
 
 
 def data_config(params: str | Path = DEFAULT_PARAMS) -> DataConfig:
-    return load_data_config(Path(params))
+    return load_data_config(params)
 
 
 def prepare_data(params: str | Path = DEFAULT_PARAMS, mixtures: list[str] | None = None) -> dict[str, Path]:
@@ -57,16 +82,16 @@ def pretrain_vision(profile: str = "tiny", params: str | Path | None = DEFAULT_P
     import json
     from dataclasses import asdict
 
-    from dragonfly.config import ConfigError, from_dict
+    from dragonfly.config import ConfigError
     from dragonfly.processing import TilingSpec
-    from dragonfly.train.backbone import BackbonePretrainConfig, pretrain, save_backbone
+    from dragonfly.train.backbone import pretrain, save_backbone
 
-    prof = load_profile(profile, params, overrides)
+    prof = load_settings(params, profile, overrides).profile
     spec, layout = prof.model.tiny, prof.model.layout
     if prof.model.source != "tiny" or not spec.vision_from:
         raise ConfigError(f"profile {profile!r}: pretrain-vision writes model.tiny.vision_from of a tiny profile; "
                           "set model.source=tiny and model.tiny.vision_from=<dir>")
-    cfg = from_dict(BackbonePretrainConfig, prof.extra.get("vision_pretrain"), "vision_pretrain.")
+    cfg = from_dict(BackbonePretrainConfig, prof.vision_pretrain, "vision_pretrain.")
     out = Path(spec.vision_from)
     record = out / "pretrain.json"
     # What the saved tower depends on: its own sizes, the tiling it was trained on and the
@@ -93,13 +118,21 @@ def pretrain_vision(profile: str = "tiny", params: str | Path | None = DEFAULT_P
 
 
 def train(stage: str, profile: str = "tiny", params: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None,
-          resume: bool = False, out_dir: str | Path | None = None) -> Path:
-    """Run one training stage of a profile; returns its ``final`` model directory."""
+          resume: bool = False, out_dir: str | Path | None = None, sets: list[str] | None = None) -> Path:
+    """Run one training stage of a profile; returns its ``final`` model directory.
+
+    ``overrides`` are relative to the stage (``lr=1e-4``); ``sets`` to the profile or the
+    data section, as in :func:`load_settings`.
+    """
+    from dragonfly.data.manifest import verify_dataset
     from dragonfly.train.trainer import train_stage
 
-    prof = load_profile(profile, params)
-    stage_cfg = load_stage(prof, stage, overrides)
-    cfg = data_config(params)
-    dataset_dir = Path(cfg.out_dir) / stage_cfg.data.mixture / "dataset"
-    return train_stage(prof, stage_cfg, cfg.root, dataset_dir, out_dir=out_dir, resume=resume,
-                       tracker_factory=_tracker_factory(prof))
+    settings = load_settings(params, profile, sets)
+    stage_cfg = load_stage(settings.profile, stage, overrides)
+    cfg = settings.data
+    mixture = cfg.mixture(stage_cfg.data.mixture)
+    # Before the model is built (minutes for the paper profile): a stale or failed build is
+    # refused here, naming what differs from the mixture asked for.
+    dataset_dir = verify_dataset(Path(cfg.out_dir) / mixture.name, mixture)
+    return train_stage(settings.profile, stage_cfg, cfg.root, dataset_dir, out_dir=out_dir, resume=resume,
+                       tracker_factory=_tracker_factory(settings.profile))

@@ -58,7 +58,7 @@ def test_predict_names_bad_inputs(tmp_path, tiny):
     result = runner.invoke(app, ["predict", "--model", str(tmp_path / "m"), "--image", str(broken), "--question", "q"])
     assert result.exit_code != 0 and "broken.jpg" in str(result.exception)
     result = runner.invoke(app, ["predict", "--model", str(tmp_path / "nope"), "--image", str(broken), "--question", "q"])
-    assert result.exit_code != 0 and "not a Dragonfly checkpoint" in str(result.exception)
+    assert result.exit_code != 0 and "nope not found" in str(result.exception)
 
 
 def test_unknown_override_key_is_named(tmp_path):

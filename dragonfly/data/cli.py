@@ -12,27 +12,33 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from dragonfly.data.config import DataConfig, default_data_config, load_data_config
+from dragonfly.config import DEFAULT_PARAMS as PARAMS_FILE
+from dragonfly.data.config import DataConfig, load_data_config
+from dragonfly.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from dragonfly.data.mixture import build_mixture
-from dragonfly.data.quarantine import RejectedFractionError, reasons, write_quarantine
+from dragonfly.data.quarantine import (
+    RejectedFractionError,
+    quarantine_file,
+    reasons,
+    with_stage,
+    write_quarantine,
+)
 from dragonfly.data.schema import ImageCheck, Sample, write_samples_jsonl
 from dragonfly.data.sources import FORMATS, native
 from dragonfly.data.sources import convert as run_converter
 from dragonfly.data.synth import write as write_synth
-from dragonfly.data.validate import validate_samples
+from dragonfly.data.validate import missing_images, validate_samples
 
 app = typer.Typer(help="Data: convert sources, validate, build mixtures, synthetic benchmark.")
 console = Console()
 
-ParamsOpt = Annotated[Path | None, typer.Option(help="params.yaml with a `data:` section")]
+ParamsOpt = Annotated[Path | None, typer.Option(help="params file with a `data:` section [default: ./params.yaml]")]
 RootOpt = Annotated[Path | None, typer.Option(help="data root (default: from params, else ./data)")]
 
 
 def _config(params: Path | None) -> DataConfig:
-    if params is None:
-        return default_data_config()
-    raw = yaml.safe_load(params.read_text(encoding="utf-8")) or {}
-    return load_data_config(params) if raw.get("data") else default_data_config()
+    """The `data:` section of --params, by default ./params.yaml (a missing file is an error)."""
+    return load_data_config(params or PARAMS_FILE)
 
 
 def _parse_options(options: list[str]) -> dict[str, Any]:
@@ -70,6 +76,21 @@ def _counts_table(title: str, counts: dict[str, int]) -> Table:
     return table
 
 
+def _check_images_exist(samples: list[Sample], root: Path) -> None:
+    """Warn when converted samples point at image files that are not there; fail when none
+    is there, which is a wrong root or image folder rather than a few bad rows."""
+    missing, total = missing_images(samples, root)
+    if not missing:
+        return
+    console.print(
+        f"[yellow]warning: {len(missing)} of {total} images not found under {root}; "
+        f"first: {root / missing[0]}"
+    )
+    if len(missing) == total:
+        console.print("[red]no image exists: check --root and the converter's folder options")
+        raise typer.Exit(1)
+
+
 @app.command("convert")
 def convert_cmd(
     fmt: Annotated[str, typer.Argument(help=f"source format: {', '.join(sorted(FORMATS))}")],
@@ -79,7 +100,7 @@ def convert_cmd(
     source: Annotated[str | None, typer.Option(help="source name (default: the format)")] = None,
     option: Annotated[list[str] | None, typer.Option(help="converter option key=value")] = None,
 ) -> None:
-    """Convert one dataset into the sample schema (JSONL) plus a quarantine file."""
+    """Convert one dataset into the sample schema (JSONL) plus `<out>.convert-quarantine.jsonl`."""
     data_root = root or Path(_config(None).root)
     opts = _parse_options(option or [])
     if source:
@@ -87,10 +108,12 @@ def convert_cmd(
     with console.status(f"converting {path} ({fmt})"):
         result = run_converter(fmt, path, data_root, **opts)
     n = write_samples_jsonl(result.samples, out)
-    q = write_quarantine(result.rejections, out.with_suffix(".quarantine.jsonl"))
-    console.print(f"{n} samples -> {out}; {q} rows quarantined")
+    target = quarantine_file(out, "convert")
+    q = write_quarantine(result.rejections, target)
+    console.print(f"{n} samples -> {out}; {q} rows quarantined -> {target}")
     if result.rejections:
         console.print(_counts_table("quarantined by reason", reasons(result.rejections)))
+    _check_images_exist(result.samples, data_root)
 
 
 @app.command("validate")
@@ -98,22 +121,26 @@ def validate_cmd(
     samples: Annotated[Path, typer.Argument(help="samples .jsonl")],
     root: RootOpt = None,
     min_image_size: int = 16,
+    max_image_pixels: Annotated[
+        int, typer.Option(help="reject larger images (checked on the header)")
+    ] = DEFAULT_MAX_IMAGE_PIXELS,
     images: Annotated[bool, typer.Option(help="decode every image")] = True,
     quarantine: Annotated[Path | None, typer.Option(help="where to write rejections")] = None,
     threshold: Annotated[float, typer.Option(help="fail above this rejected fraction")] = 1.0,
 ) -> None:
-    """Validate a samples file against the schema and its images."""
+    """Validate a samples file against the schema and its images; rejections go to
+    `<samples>.validate-quarantine.jsonl` unless --quarantine says otherwise."""
     data_root = root or Path(_config(None).root)
     loaded = native.convert(samples, data_root)
     rows: list[Sample] = loaded.samples
     with Progress(console=console) as progress:
         task = progress.add_task("validating", total=len(rows))
         checked = validate_samples(
-            rows, data_root, ImageCheck(min_image_size) if images else None,
+            rows, data_root, ImageCheck(min_image_size, max_image_pixels) if images else None,
             progress=lambda k: progress.advance(task, k),
         )  # fmt: skip
-    bad = loaded.rejections + checked.rejections
-    target = quarantine or samples.with_suffix(".quarantine.jsonl")
+    bad = with_stage(loaded.rejections, "validate") + checked.rejections
+    target = quarantine or quarantine_file(samples, "validate")
     write_quarantine(bad, target)
     total = len(rows) + len(loaded.rejections)
     console.print(f"{len(checked.samples)} of {total} samples valid; {len(bad)} -> {target}")
@@ -145,6 +172,7 @@ def build_cmd(
         result = build_mixture(mix, data_root, out_dir, progress=True)
     except RejectedFractionError as exc:
         console.print(f"[red]build failed: {exc}")
+        console.print(f"the failed build's quarantine and stats are in {out_dir}; {exc.hint}")
         raise typer.Exit(1) from None
     console.print(stats_table(result.stats))
     console.print(f"dataset -> {result.dataset_dir}; stats -> {result.stats_path}")

@@ -6,13 +6,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from dragonfly.config import DEFAULT_PARAMS as PARAMS_FILE
+from dragonfly.config import ConfigError, check_keys, load_params, set_dotted
 from dragonfly.data.mixture import MixtureConfig
 from dragonfly.data.synth import SynthConfig
+from dragonfly.errors import close_match
+
+DATA_KEYS = ("root", "out_dir", "synth", "mixtures")
 
 
-def synth_from_dict(d: dict[str, Any]) -> SynthConfig:
+def synth_from_dict(d: dict[str, Any], where: str = "data.synth[0].") -> SynthConfig:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where.rstrip('.')}: expected a mapping")
+    check_keys(d, SynthConfig.__dataclass_fields__, where)
     d = dict(d)
     if "sizes" in d:
         d["sizes"] = tuple(tuple(int(v) for v in s) for s in d["sizes"])
@@ -33,10 +39,15 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataConfig:
+        if not isinstance(d, dict):
+            raise ConfigError("data: expected a mapping")
+        check_keys(d, DATA_KEYS, "data.")
         return cls(
             root=str(d.get("root", "data")),
             out_dir=str(d.get("out_dir", "data/mixtures")),
-            synth=tuple(synth_from_dict(s) for s in d.get("synth", [])),
+            synth=tuple(
+                synth_from_dict(s, f"data.synth[{i}].") for i, s in enumerate(d.get("synth") or [])
+            ),
             mixtures={
                 name: MixtureConfig.from_dict(name, m)
                 for name, m in (d.get("mixtures") or {}).items()
@@ -45,16 +56,22 @@ class DataConfig:
 
     def mixture(self, name: str) -> MixtureConfig:
         if name not in self.mixtures:
-            raise KeyError(f"no mixture {name!r} in the data config; have {sorted(self.mixtures)}")
+            raise ConfigError(
+                f"no mixture {name!r} in data.mixtures{close_match(name, self.mixtures)}; "
+                f"have {', '.join(sorted(self.mixtures)) or 'none'}"
+            )
         return self.mixtures[name]
 
 
-def load_data_config(params: Path, section: str = "data") -> DataConfig:
-    """Read the `data:` section of a params.yaml file (an absent section gives defaults)."""
-    raw = yaml.safe_load(params.read_text(encoding="utf-8")) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{params}: expected a mapping at the top level")
-    return DataConfig.from_dict(raw.get(section) or {})
+def load_data_config(
+    params: str | Path = PARAMS_FILE, overrides: list[str] | None = None
+) -> DataConfig:
+    """The `data:` section of a params file, with dotted overrides relative to it
+    (``root=/mnt/data``). A missing file is an error, never a fall-back to defaults."""
+    tree = dict(load_params(params).get("data") or {})
+    for item in overrides or []:
+        set_dotted(tree, item)
+    return DataConfig.from_dict(tree)
 
 
 DEFAULT_PARAMS: dict[str, Any] = {

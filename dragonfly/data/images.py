@@ -6,25 +6,38 @@ loads here loads everywhere, and a file that fails names itself in the error.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dragonfly.errors import DragonflyError
+
 # DICOM files carry "DICM" at byte 128 after a 128-byte preamble; some old files have no
 # preamble, so the suffix is a second hint.
 _DICOM_MAGIC_OFFSET = 128
 _DICOM_SUFFIXES = {".dcm", ".dicom"}
+# Pillow's default MAX_IMAGE_PIXELS x 2 (89478485 x 2): the size at which Image.open raises
+# DecompressionBombError, so by default we refuse exactly what Pillow refuses, but by name.
+DEFAULT_MAX_IMAGE_PIXELS = 178956970
+_PILLOW_LIMIT_LOCK = threading.Lock()
 
 
-class ImageLoadError(Exception):
+class ImageLoadError(DragonflyError):
     """An image file that cannot be used, with the file and the reason."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class ImageTooLargeError(ImageLoadError):
+    """An image with more pixels than allowed (a decompression bomb, or just too big)."""
 
 
 @dataclass(frozen=True)
@@ -45,27 +58,67 @@ def is_dicom(path: str | Path) -> bool:
         return False
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open `path` fully decoded as RGB; raise ImageLoadError naming the file otherwise."""
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open `path` fully decoded as RGB; raise ImageLoadError naming the file otherwise
+    (ImageTooLargeError for a raster image of more than `max_pixels` pixels)."""
     p = Path(path)
     if not p.is_file():
         raise ImageLoadError(p, "file does not exist")
     if is_dicom(p):
         return _load_dicom(p)
-    return _load_raster(p)
+    return _load_raster(p, max_pixels)
 
 
-def _load_raster(path: Path) -> Image.Image:
+@contextmanager
+def _pillow_allows(max_pixels: int) -> Iterator[None]:
+    """Let Pillow open up to `max_pixels` pixels while inside.
+
+    Pillow's bomb check reads the module global Image.MAX_IMAGE_PIXELS. It is only raised
+    when our limit is above Pillow's, for the duration of one load, under a lock (it is
+    process-wide), and put back after; our own check against `max_pixels` is what applies.
+    """
+    current = Image.MAX_IMAGE_PIXELS
+    if current is None or max_pixels <= 2 * current:
+        yield
+        return
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that: at `max_pixels`
+        # it does neither for any image our own check lets through.
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _too_large(path: Path, size: tuple[int, int], max_pixels: int) -> ImageTooLargeError:
+    w, h = size
+    return ImageTooLargeError(
+        path, f"{w}x{h} = {w * h} pixels, above the limit of {max_pixels} (max_image_pixels)"
+    )
+
+
+def _load_raster(path: Path, max_pixels: int) -> Image.Image:
     try:
-        with Image.open(path) as img:
+        with _pillow_allows(max_pixels), Image.open(path) as img:
+            # open() reads only the header: refuse a huge image before decoding it.
+            if img.width * img.height > max_pixels:
+                raise _too_large(path, img.size, max_pixels)
             # load() forces the full decode: a truncated JPEG opens fine and only fails here.
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
     except UnidentifiedImageError:
         raise ImageLoadError(path, "not a recognised image format") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(path, f"cannot decode image ({exc})") from None
+    except Image.DecompressionBombError as exc:
+        # Not an OSError. Pillow refuses at open() what is over its own limit (which is at
+        # least ours unless ours is raised), so its message carries the pixel count.
+        raise ImageTooLargeError(path, f"{exc} (max_image_pixels is {max_pixels})") from None
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # decoders raise OSError, SyntaxError, struct.error, ...: all bad files
+        raise ImageLoadError(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

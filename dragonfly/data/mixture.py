@@ -4,34 +4,47 @@ Output folder of a build:
 - `dataset/`        HF `datasets` DatasetDict (one Arrow table per split), `save_to_disk`
 - `quarantine.jsonl` every rejected or filtered row with source, id, reason, file and row
 - `stats.json`       counts per source, task and split, and rejections per reason (DVC metrics)
-- `manifest.json`    the mixture config and the data root the image paths are relative to
+- `manifest.json`    the build's status, the mixture config, its fingerprint and the data
+                     root the image paths are relative to (see `manifest.py`)
+
+A build is written to a temporary sibling folder and swapped in only when it succeeds. A
+failed build removes the previous `dataset/` (a trainer must not take it for this
+config) and leaves its own quarantine and stats, marked "failed", for inspection.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from dragonfly.config import ConfigError, check_keys
+from dragonfly.config import from_dict as typed_from_dict
+from dragonfly.data.images import DEFAULT_MAX_IMAGE_PIXELS
+from dragonfly.data.manifest import DATASET, FAILED, OK, write_manifest
 from dragonfly.data.quarantine import (
     ERROR,
     FILTERED,
+    RejectedFractionError,
     Rejection,
-    check_rejected_fraction,
     reasons,
+    rejected_fraction_error,
     write_quarantine,
 )
 from dragonfly.data.schema import SPLITS, ImageCheck, Sample
 from dragonfly.data.sources import convert
 from dragonfly.data.validate import validate_samples
+
+QUARANTINE, STATS = "quarantine.jsonl", "stats.json"
 
 # Separate random streams per step, so changing one step's input leaves the others alone.
 _STREAM_IMAGE_CAP, _STREAM_WEIGHT, _STREAM_SHUFFLE = 1, 2, 3
@@ -40,7 +53,10 @@ _STREAM_IMAGE_CAP, _STREAM_WEIGHT, _STREAM_SHUFFLE = 1, 2, 3
 @dataclass(frozen=True)
 class SourceSpec:
     """One input of a mixture. `weight` scales its sample count (0.5 halves it, 2 repeats
-    it twice); `cap` then bounds it. `path` is relative to the data root unless absolute."""
+    it twice); `cap` then bounds it. `path` is relative to the data root unless absolute.
+    `reject_threshold`: the largest share of this source's rows that may be rejected
+    (None: the mixture's `reject_threshold`), so a small broken source cannot hide in a
+    large mixture."""
 
     name: str
     format: str
@@ -48,35 +64,86 @@ class SourceSpec:
     weight: float = 1.0
     cap: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    reject_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.reject_threshold is not None:
+            _check_fraction(f"source {self.name!r}: reject_threshold", self.reject_threshold)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SourceSpec:
-        return cls(**{**d, "options": dict(d.get("options") or {})})
+    def from_dict(cls, d: dict[str, Any], where: str = "source.") -> SourceSpec:
+        """From a params mapping; ConfigError naming the key (under `where`) when a key is
+        unknown, missing or of the wrong type."""
+        _require_mapping(d, where)
+        check_keys(d, [f.name for f in fields(cls)], where)
+        missing = [f.name for f in fields(cls) if _required(f) and f.name not in d]
+        if missing:
+            raise ConfigError(f"{where.rstrip('.')}: missing key(s) {', '.join(missing)}")
+        options = d.get("options") or {}
+        _require_mapping(options, f"{where}options")
+        return typed_from_dict(cls, {**d, "options": dict(options)}, where)
 
 
 @dataclass(frozen=True)
 class MixtureConfig:
+    """`max_image_pixels`: images with more pixels are rejected as `image_too_large`,
+    checked on the file header before decoding. The default is the size at which Pillow
+    itself refuses an image as a decompression bomb (its MAX_IMAGE_PIXELS x 2)."""
+
     name: str
     sources: tuple[SourceSpec, ...]
     seed: int = 0
     max_per_image: int | None = 8
     reject_threshold: float = 0.05
     min_image_size: int = 16
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     validate_images: bool = True
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
-            raise ValueError(f"mixture {self.name!r}: source names must be unique, got {names}")
-        if not 0.0 <= self.reject_threshold <= 1.0:
-            raise ValueError(f"reject_threshold must be in [0, 1], got {self.reject_threshold}")
+            raise ConfigError(f"mixture {self.name!r}: source names must be unique, got {names}")
+        _check_fraction(f"mixture {self.name!r}: reject_threshold", self.reject_threshold)
+        if self.max_image_pixels < 1:
+            raise ConfigError(
+                f"mixture {self.name!r}: max_image_pixels must be positive, "
+                f"got {self.max_image_pixels}"
+            )
+
+    def source_threshold(self, spec: SourceSpec) -> float:
+        return self.reject_threshold if spec.reject_threshold is None else spec.reject_threshold
 
     @classmethod
-    def from_dict(cls, name: str, d: dict[str, Any]) -> MixtureConfig:
-        sources = tuple(SourceSpec.from_dict(s) for s in d.get("sources", []))
-        return cls(
-            name=name, **{**{k: v for k, v in d.items() if k != "sources"}, "sources": sources}
+    def from_dict(cls, name: str, d: dict[str, Any], where: str | None = None) -> MixtureConfig:
+        """From a params mapping (`data.mixtures.<name>`); unknown keys and values of the
+        wrong type are ConfigErrors naming the key and where it is."""
+        where = where or f"data.mixtures.{name}."
+        _require_mapping(d, where)
+        check_keys(d, [f.name for f in fields(cls) if f.name != "name"], where)
+        raw_sources = d.get("sources") or []
+        if not isinstance(raw_sources, list):
+            raise ConfigError(f"{where}sources must be a list of sources")
+        sources = tuple(
+            SourceSpec.from_dict(s, f"{where}sources[{i}].") for i, s in enumerate(raw_sources)
         )
+        # Scalars go through the typed loader; sources are set after, already built.
+        scalars = {k: v for k, v in d.items() if k != "sources"}
+        base = typed_from_dict(cls, {**scalars, "name": name, "sources": ()}, where)
+        return replace(base, sources=sources)
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _require_mapping(d: Any, where: str) -> None:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where.rstrip('.')}: expected a mapping, got {type(d).__name__}")
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be in [0, 1], got {value}")
 
 
 @dataclass(frozen=True)
@@ -158,6 +225,7 @@ def _dropped(sample: Sample, reason: str, detail: str) -> Rejection:
         file,
         int(row) if row.isdigit() else None,
         FILTERED,
+        stage="build",
     )
 
 
@@ -180,7 +248,7 @@ def _relative_origin(origin: str, root: Path) -> str:
 
 def build_stats(
     cfg: MixtureConfig,
-    per_source: dict[str, dict[str, int]],
+    per_source: dict[str, dict[str, Any]],
     final: Sequence[Sample],
     rejections: Sequence[Rejection],
     n_seen: int,
@@ -193,7 +261,7 @@ def build_stats(
         "samples": len(final),
         "rejected": len(errors),
         "filtered": len(rejections) - len(errors),
-        "rejected_fraction": round(len(errors) / n_seen, 6) if n_seen else 0.0,
+        "rejected_fraction": _fraction(len(errors), n_seen),
         "reject_threshold": cfg.reject_threshold,
         "per_source": per_source,
         "per_task": dict(sorted(Counter(s.task for s in final).items())),
@@ -201,6 +269,10 @@ def build_stats(
         "rejected_by_reason": reasons(errors),
         "filtered_by_reason": reasons([r for r in rejections if r.kind == FILTERED]),
     }
+
+
+def _fraction(part: int, whole: int) -> float:
+    return round(part / whole, 6) if whole else 0.0
 
 
 def save_dataset(samples: Sequence[Sample], root: Path, target: Path, seed: int) -> None:
@@ -245,15 +317,40 @@ def save_dataset(samples: Sequence[Sample], root: Path, target: Path, seed: int)
 def build_mixture(
     cfg: MixtureConfig, root: Path, out_dir: Path, progress: bool = False
 ) -> BuildResult:
-    """Build `cfg` from sources under `root` into `out_dir`.
+    """Build `cfg` from sources under `root` into `out_dir`, replacing it only on success.
 
-    Raises RejectedFractionError (after writing the quarantine and stats) when the share
-    of rejected rows passes `cfg.reject_threshold`; filtered rows do not count.
+    Raises RejectedFractionError when the share of rejected rows passes
+    `cfg.reject_threshold` overall, or a source's own threshold for that source; filtered
+    rows do not count. After any failure `out_dir` has no `dataset/`, its manifest says
+    "failed", and the failed build's quarantine and stats (if it got that far) are there.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    image_check = ImageCheck(cfg.min_image_size) if cfg.validate_images else None
+    # A sibling, so the final rename stays on one file system (absolute: `out_dir` may be ".").
+    work = out_dir.absolute().with_name(f"{out_dir.absolute().name}.tmp-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        stats = _build_into(cfg, root, work, out_dir, progress)
+        _swap_in(work, out_dir)
+    except Exception as exc:
+        _record_failure(work, out_dir, cfg, root, exc)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return BuildResult(out_dir, out_dir / DATASET, out_dir / QUARANTINE, out_dir / STATS, stats)
+
+
+def _build_into(
+    cfg: MixtureConfig, root: Path, work: Path, out_dir: Path, progress: bool
+) -> dict[str, Any]:
+    """Write the whole build into `work`; messages name the files at their final place,
+    `out_dir`. Returns the stats."""
+    image_check = (
+        ImageCheck(cfg.min_image_size, cfg.max_image_pixels) if cfg.validate_images else None
+    )
     rejections: list[Rejection] = []
-    per_source: dict[str, dict[str, int]] = {}
+    # Each source's rejections and row count, for its own threshold.
+    by_source: dict[str, tuple[list[Rejection], int]] = {}
+    per_source: dict[str, dict[str, Any]] = {}
     valid: list[Sample] = []
     n_seen = 0
     for spec in cfg.sources:
@@ -266,12 +363,16 @@ def build_mixture(
         ) as bar:
             checked = validate_samples(converted.samples, root, image_check, progress=bar.update)
         bad = converted.rejections + checked.rejections
+        by_source[spec.name] = (bad, seen)
         rejections.extend(bad)
         valid.extend(checked.samples)
         n_seen += seen
+        n_rejected = sum(r.kind == ERROR for r in bad)
         per_source[spec.name] = {
             "rows": seen,
-            "rejected": sum(r.kind == ERROR for r in bad),
+            "rejected": n_rejected,
+            "rejected_fraction": _fraction(n_rejected, seen),
+            "reject_threshold": cfg.source_threshold(spec),
             "filtered": sum(r.kind == FILTERED for r in bad),
             "valid": len(checked.samples),
         }
@@ -299,15 +400,58 @@ def build_mixture(
         _dropped(s, "over_image_cap", f"more than {cfg.max_per_image} samples per image")
         for s in over_cap
     )
-    quarantine_path = out_dir / "quarantine.jsonl"
-    write_quarantine(rejections, quarantine_path)
+    write_quarantine(rejections, work / QUARANTINE)
     stats = build_stats(cfg, per_source, final, rejections, n_seen)
-    stats_path = out_dir / "stats.json"
-    stats_path.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    check_rejected_fraction(stats["rejected"], n_seen, cfg.reject_threshold, quarantine_path)
+    # Stats and quarantine are written before failing, so the bad rows can be inspected.
+    failure = _threshold_failure(cfg, rejections, n_seen, by_source, out_dir / QUARANTINE)
+    stats["status"] = FAILED if failure else OK
+    (work / STATS).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if failure:
+        raise failure
 
-    dataset_dir = out_dir / "dataset"
-    save_dataset(final, root, dataset_dir, cfg.seed)
-    manifest = {"data_root": str(root.resolve()), "mixture": asdict(cfg)}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return BuildResult(out_dir, dataset_dir, quarantine_path, stats_path, stats)
+    save_dataset(final, root, work / DATASET, cfg.seed)
+    write_manifest(work, cfg, root, OK)
+    return stats
+
+
+def _threshold_failure(
+    cfg: MixtureConfig,
+    rejections: Sequence[Rejection],
+    n_seen: int,
+    by_source: dict[str, tuple[list[Rejection], int]],
+    quarantine_path: Path,
+) -> RejectedFractionError | None:
+    """The first threshold the build breaks: the mixture's, then each source's own."""
+    failure = rejected_fraction_error(rejections, n_seen, cfg.reject_threshold, quarantine_path)
+    for spec in cfg.sources:
+        if failure is not None:
+            return failure
+        bad, seen = by_source[spec.name]
+        failure = rejected_fraction_error(
+            bad, seen, cfg.source_threshold(spec), quarantine_path, source=spec.name
+        )
+    return failure
+
+
+def _swap_in(work: Path, out_dir: Path) -> None:
+    """Replace `out_dir` by the finished build in `work` (two renames; the old is removed)."""
+    old = work.with_name(f"{out_dir.absolute().name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    work.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _record_failure(
+    work: Path, out_dir: Path, cfg: MixtureConfig, root: Path, exc: Exception
+) -> None:
+    """Leave `out_dir` with no dataset a trainer could take, and with what the failed build
+    wrote (quarantine, stats) plus a manifest marked failed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir / DATASET, ignore_errors=True)
+    for name in (QUARANTINE, STATS):
+        (out_dir / name).unlink(missing_ok=True)
+        if (work / name).is_file():
+            (work / name).replace(out_dir / name)
+    write_manifest(out_dir, cfg, root, FAILED, error=str(exc))

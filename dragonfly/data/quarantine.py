@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from dragonfly.data.schema import Sample
+from dragonfly.errors import DragonflyError
 
 ERROR = "error"
 # Rows left out on purpose (e.g. SLAKE's Chinese questions): quarantined and counted like
@@ -25,6 +26,14 @@ class Rejection:
     file: str = ""
     row: int | None = None
     kind: str = ERROR
+    # Where the row was rejected: "convert", "validate" or "build" ("" in files written
+    # before stages were recorded). Each command writes its own quarantine file.
+    stage: str = ""
+
+
+def with_stage(rejections: Iterable[Rejection], stage: str) -> list[Rejection]:
+    """The rejections stamped with `stage` (converters do not know which command runs them)."""
+    return [replace(r, stage=stage) for r in rejections]
 
 
 @dataclass
@@ -39,7 +48,7 @@ class Converted:
         self.rejections.extend(other.rejections)
 
 
-class ConverterError(ValueError):
+class ConverterError(DragonflyError, ValueError):
     """A file a converter does not understand: names the file, the row and what was expected."""
 
     def __init__(self, file: str | Path, expected: str, row: int | str | None = None) -> None:
@@ -50,8 +59,13 @@ class ConverterError(ValueError):
         super().__init__(f"{where}: expected {expected}")
 
 
-class RejectedFractionError(RuntimeError):
+class RejectedFractionError(DragonflyError, RuntimeError):
     """The build rejected more rows than the configured threshold allows."""
+
+
+def quarantine_file(samples: Path, stage: str) -> Path:
+    """`X.jsonl` -> `X.<stage>-quarantine.jsonl`: the quarantine a command writes beside X."""
+    return samples.with_suffix(f".{stage}-quarantine.jsonl")
 
 
 def write_quarantine(rejections: Iterable[Rejection], path: Path) -> int:
@@ -65,23 +79,38 @@ def write_quarantine(rejections: Iterable[Rejection], path: Path) -> int:
 
 
 def read_quarantine(path: Path) -> list[Rejection]:
+    """Read a quarantine file; keys this version does not know are ignored, missing ones
+    (e.g. `stage` in older files) take their defaults."""
+    known = {f.name for f in fields(Rejection)}
     with path.open(encoding="utf-8") as fh:
-        return [Rejection(**json.loads(line)) for line in fh if line.strip()]
+        records = [json.loads(line) for line in fh if line.strip()]
+    return [Rejection(**{k: v for k, v in rec.items() if k in known}) for rec in records]
 
 
 def reasons(rejections: Sequence[Rejection]) -> dict[str, int]:
     return dict(sorted(Counter(r.reason for r in rejections).items()))
 
 
-def check_rejected_fraction(
-    n_rejected: int, n_total: int, threshold: float, quarantine_path: Path | None = None
-) -> float:
-    """Raise RejectedFractionError when rejected/total exceeds `threshold`; return the fraction."""
-    fraction = n_rejected / n_total if n_total else 0.0
-    if fraction > threshold:
-        where = f"; see {quarantine_path}" if quarantine_path else ""
-        raise RejectedFractionError(
-            f"{n_rejected} of {n_total} rows rejected ({fraction:.1%}), above the "
-            f"reject_threshold of {threshold:.1%}{where}"
-        )
-    return fraction
+def rejected_fraction_error(
+    rejections: Sequence[Rejection],
+    n_total: int,
+    threshold: float,
+    quarantine_path: Path,
+    source: str | None = None,
+) -> RejectedFractionError | None:
+    """The error to raise when the error rejections (filtered rows do not count) are more
+    than `threshold` of `n_total` rows, else None; `source` names a single source."""
+    errors = [r for r in rejections if r.kind == ERROR]
+    fraction = len(errors) / n_total if n_total else 0.0
+    if fraction <= threshold:
+        return None
+    scope = f"source {source!r}: " if source else ""
+    top = ", ".join(
+        f"{reason} {n}" for reason, n in Counter(r.reason for r in errors).most_common(3)
+    )
+    setting = f"the reject_threshold of source {source!r}" if source else "reject_threshold"
+    return RejectedFractionError(
+        f"{scope}{len(errors)} of {n_total} rows rejected ({fraction:.1%}), above the "
+        f"reject_threshold of {threshold:.1%}; see {quarantine_path} (top reasons: {top})",
+        hint=f"fix the rows listed in the quarantine, or raise {setting}",
+    )

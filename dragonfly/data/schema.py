@@ -18,7 +18,12 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from dragonfly.data.images import ImageLoadError, load_image
+from dragonfly.data.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageLoadError,
+    ImageTooLargeError,
+    load_image,
+)
 
 IMAGE_TOKEN = "<image>"
 ROLES: tuple[str, ...] = ("user", "assistant", "system")
@@ -250,7 +255,10 @@ def table_problems(samples: Sequence[Sample]) -> dict[int, tuple[str, str]]:
 
 @dataclass(frozen=True)
 class ImageCheck:
+    """`max_pixels` is checked on the file's header, before the image is decoded."""
+
     min_size: int = DEFAULT_MIN_IMAGE_SIZE
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 def image_problem(path: Path, check: ImageCheck) -> tuple[str, str] | None:
@@ -258,7 +266,9 @@ def image_problem(path: Path, check: ImageCheck) -> tuple[str, str] | None:
     if not path.is_file():
         return "missing_image", f"no file at {path}"
     try:
-        img = load_image(path)
+        img = load_image(path, check.max_pixels)
+    except ImageTooLargeError as exc:
+        return "image_too_large", exc.reason
     except ImageLoadError as exc:
         return "unreadable_image", exc.reason
     if min(img.size) < check.min_size:

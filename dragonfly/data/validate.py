@@ -19,8 +19,21 @@ def _split_origin(origin: str) -> tuple[str, int | None]:
 def reject(sample: Sample, reason: str, detail: str) -> Rejection:
     file, row = _split_origin(sample.origin)
     return Rejection(
-        source=sample.source, id=sample.id, reason=reason, detail=detail, file=file, row=row
+        source=sample.source,
+        id=sample.id,
+        reason=reason,
+        detail=detail,
+        file=file,
+        row=row,
+        stage="validate",
     )
+
+
+def missing_images(samples: Sequence[Sample], root: Path) -> tuple[list[str], int]:
+    """(image paths with no file under `root`, number of distinct image paths), in order of
+    first use: a cheap existence check (no decoding) to run right after converting."""
+    paths = list(dict.fromkeys(p for s in samples for p in s.images))
+    return [p for p in paths if not (root / p).is_file()], len(paths)
 
 
 def validate_samples(

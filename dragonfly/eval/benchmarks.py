@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 
 from dragonfly.data.sources import biocaption, coco, mimic_cxr, roco
 from dragonfly.data.sources._common import MCQ_SUFFIX, SHORT_SUFFIX
+from dragonfly.errors import DragonflyError
 
 CLOSED_SUFFIX = "Answer with yes or no."
 
 
-class UnknownBenchmarkError(KeyError):
+class UnknownBenchmarkError(DragonflyError, KeyError):
     """A benchmark name that is not in the registry; the message lists the known ones."""
 
     def __str__(self) -> str:  # KeyError would print the message in quotes

@@ -17,13 +17,14 @@ import re
 
 from dragonfly.data.schema import IMAGE_TOKEN, Sample
 from dragonfly.data.sources._common import letters
+from dragonfly.errors import DragonflyError
 from dragonfly.eval.benchmarks import BenchmarkSpec
 
 _SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
 _INSTRUCTION_START = re.compile(r"^(answer|respond|reply)\b", re.IGNORECASE)
 
 
-class PromptError(ValueError):
+class PromptError(DragonflyError, ValueError):
     """A sample that cannot be turned into a prompt (no question, placeholder mismatch)."""
 
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from dragonfly.data.schema import Sample, read_jsonl
 from dragonfly.data.sources import convert
+from dragonfly.errors import DragonflyError
 from dragonfly.eval.benchmarks import BenchmarkSpec
 
 
-class NoSamplesError(LookupError):
+class NoSamplesError(DragonflyError, LookupError):
     """The data holds no sample the benchmark can evaluate; says what the data does hold."""
 
 
@@ -63,7 +64,7 @@ def load_samples(
     """
     path = data if data is not None else root / spec.default_path
     if not path.exists():
-        raise FileNotFoundError(
+        raise NoSamplesError(
             f"no data for benchmark {spec.name!r} at {path}: pass --data (a samples JSONL, "
             f"a built mixture, or the raw release for converter {spec.format!r})"
         )

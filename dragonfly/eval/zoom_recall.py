@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dragonfly.config import ConfigError
 from dragonfly.data.synth import SynthConfig, make_scene, render
 from dragonfly.processing import tile_image
 from dragonfly.train.backbone import patch_labels, tiled_grids
@@ -42,7 +43,7 @@ def zoom_recall(model, processor, synth: SynthConfig, images: int = 64) -> ZoomR
     """Glyph recall of ``model``'s selection on ``images`` fresh scenes of ``synth``."""
     cfg = model.config
     if cfg.strategy == "none" or cfg.tiling.num_high == 0:
-        raise ValueError("the model keeps every tile (strategy none): there is no selection to measure")
+        raise ConfigError("the model keeps every tile (strategy none): there is no selection to measure")
     spec = processor.image_processor.spec
     num_base = 1 + spec.num_medium
     glyph_tiles = kept_glyph = 0

@@ -6,11 +6,13 @@ import re
 import string
 from collections.abc import Hashable, Mapping, Sequence
 
+from dragonfly.errors import DragonflyError
+
 Preds = Mapping[Hashable, str]
 Refs = Mapping[Hashable, Sequence[str] | str]
 
 
-class MetricUnavailable(RuntimeError):
+class MetricUnavailable(DragonflyError, RuntimeError):
     """A metric cannot run in this environment (e.g. no LLM judge configured).
 
     Callers report the benchmark as "skipped" with this message; they never
@@ -18,11 +20,11 @@ class MetricUnavailable(RuntimeError):
     """
 
 
-class JavaNotFoundError(RuntimeError):
+class JavaNotFoundError(DragonflyError, RuntimeError):
     """METEOR or the PTB tokenizer was asked for but no `java` executable is on PATH."""
 
 
-class IdMismatchError(ValueError):
+class IdMismatchError(DragonflyError, ValueError):
     """Predictions and references do not cover the same ids."""
 
 

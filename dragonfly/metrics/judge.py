@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
+from dragonfly.errors import DragonflyError
 from dragonfly.metrics._common import (
     MetricUnavailable,
     Preds,
@@ -34,7 +35,7 @@ ENV_MODEL = "DRAGONFLY_JUDGE_MODEL"
 ENV_API_KEY = "DRAGONFLY_JUDGE_API_KEY"
 
 
-class JudgeError(RuntimeError):
+class JudgeError(DragonflyError, RuntimeError):
     """A configured judge endpoint failed (HTTP error, bad JSON) after all retries."""
 
 

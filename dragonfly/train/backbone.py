@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,27 +39,12 @@ from dragonfly.data.synth import (
 )
 from dragonfly.processing import CLIP_MEAN, CLIP_STD, TilingSpec, tile_image
 from dragonfly.tiny import TinySpec, vision_config
+from dragonfly.train.config import BackbonePretrainConfig
 
 COLORS: tuple[str, ...] = tuple(sorted({c for palette in PALETTES.values() for c in palette}))
 COLOR_MIN = 0.03  # coverage below this is anti-aliasing fringe, not a glyph
 SHAPE_MIN = 0.15  # a patch must hold a real part of the glyph to be asked its shape
 IGNORE = -100
-
-
-@dataclass
-class BackbonePretrainConfig:
-    """``profiles.<p>.vision_pretrain`` in params.yaml; the output goes to ``model.tiny.vision_from``."""
-
-    steps: int = 2000
-    lr: float = 5.0e-4
-    schedule: str = "constant_with_warmup"  # any transformers.get_scheduler name
-    warmup_steps: int = 100
-    batch_tiles: int = 256
-    glyph_fraction: float = 0.75  # share of each batch drawn from tiles that hold a glyph
-    images: int = 800
-    held_out: float = 0.1
-    seed: int = 1234
-    glyph_area: float = 576.0  # px² at native resolution; match data.synth[*].glyph_area
 
 
 def patch_labels(scene: Scene, glyph_area: float, grids: list[tuple[int, int]], tile: int,

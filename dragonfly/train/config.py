@@ -11,7 +11,8 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dragonfly.config import ConfigError, Profile, from_dict, set_dotted
+from dragonfly.config import ConfigError, Layout, Profile, check_keys, from_dict, set_dotted
+from dragonfly.errors import close_match
 
 PARTS = ("projector", "vision", "llm")
 SCHEDULES = ("cosine", "linear", "constant_with_warmup")
@@ -56,6 +57,8 @@ class StageConfig:
     log_model_artifact: bool = True
 
     def validate(self) -> None:
+        # Only layout keys: a stage must not overwrite e.g. the model's image_token_id.
+        check_keys(self.layout, Layout.__dataclass_fields__, f"stages.{self.name}.layout.")
         unknown = sorted(set(self.train) - set(PARTS))
         if unknown or not self.train:
             raise ConfigError(f"stage {self.name}: train must list parts from {PARTS}, got {self.train}")
@@ -80,6 +83,22 @@ class StageConfig:
         return self.global_batch // per_step
 
 
+@dataclass
+class BackbonePretrainConfig:
+    """``profiles.<p>.vision_pretrain`` in params.yaml; the output goes to ``model.tiny.vision_from``."""
+
+    steps: int = 2000
+    lr: float = 5.0e-4
+    schedule: str = "constant_with_warmup"  # any transformers.get_scheduler name
+    warmup_steps: int = 100
+    batch_tiles: int = 256
+    glyph_fraction: float = 0.75  # share of each batch drawn from tiles that hold a glyph
+    images: int = 800
+    held_out: float = 0.1
+    seed: int = 1234
+    glyph_area: float = 576.0  # px² at native resolution; match data.synth[*].glyph_area
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in (over or {}).items():
@@ -91,25 +110,26 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def stage_names(profile: Profile) -> list[str]:
-    return [name for name in (profile.extra.get("stages") or {}) if name != "defaults"]
+    return [name for name in profile.stages if name != "defaults"]
 
 
 def load_stage(profile: Profile, name: str, overrides: list[str] | None = None) -> StageConfig:
     """The stage ``name`` of ``profile``: defaults, then the stage, then dotted overrides."""
-    stages = profile.extra.get("stages") or {}
+    stages = profile.stages
     if name not in stages or name == "defaults":
-        raise ConfigError(f"stage {name!r} not in profile {profile.name!r}; stages: {', '.join(stage_names(profile)) or 'none'}")
+        raise ConfigError(f"stage {name!r} not in profile {profile.name!r}{close_match(name, stage_names(profile))}; "
+                          f"stages: {', '.join(stage_names(profile)) or 'none'}")
     tree = _merge(stages.get("defaults") or {}, stages[name] or {})
     for item in overrides or []:
         set_dotted(tree, item)
-    stage = from_dict(StageConfig, tree, f"stages.{name}.")
+    stage = from_dict(StageConfig, tree, f"profiles.{profile.name}.stages.{name}.")
     stage.name = name
     stage.validate()
     return stage
 
 
 def runs_dir(profile: Profile) -> Path:
-    return Path(profile.extra.get("runs_dir", "runs")) / profile.name
+    return Path(profile.runs_dir) / profile.name
 
 
 def stage_dir(profile: Profile, name: str) -> Path:

@@ -24,15 +24,23 @@ class ConversationDataset(Dataset):
         self.max_length = max_length
 
     @classmethod
-    def from_mixture(cls, dataset_dir: str | Path, split: str, root: str | Path, processor, max_length: int):
+    def from_mixture(cls, dataset_dir: str | Path, split: str, root: str | Path, processor, max_length: int,
+                     expected=None):
+        """Rows of ``split`` of a built mixture. With ``expected`` (a MixtureConfig), the build's
+        manifest must say it finished and was built from exactly that config (StaleDatasetError)."""
         from datasets import load_from_disk
 
+        from dragonfly.data.manifest import DatasetNotFoundError, MissingSplitError, verify_dataset
+
         dataset_dir = Path(dataset_dir)
+        if expected is not None:
+            dataset_dir = verify_dataset(dataset_dir.parent, expected)
         if not dataset_dir.exists():
-            raise FileNotFoundError(f"training data {dataset_dir} not found; build it with `dragonfly data build`")
+            raise DatasetNotFoundError(f"training data {dataset_dir} not found",
+                                       hint="build it with `dragonfly data build --mixture NAME`")
         splits = load_from_disk(str(dataset_dir))
         if split not in splits:
-            raise KeyError(f"{dataset_dir} has no split {split!r}; it has {list(splits)}")
+            raise MissingSplitError(f"{dataset_dir} has no split {split!r}; it has {', '.join(splits)}")
         return cls(splits[split], root, processor, max_length)
 
     def __len__(self) -> int:

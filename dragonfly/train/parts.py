@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from dragonfly.build import build_model, make_processor
-from dragonfly.config import ConfigError, Profile, from_dict
-from dragonfly.inference import load
+from dragonfly.config import ConfigError, Layout, Profile, check_keys, from_dict
+from dragonfly.inference import CheckpointError, load
 from dragonfly.train.config import StageConfig, stage_dir
 
 NO_DECAY = ("bias", "norm", "separator", "embedding")
@@ -32,25 +32,26 @@ def start_model(profile: Profile, stage: StageConfig):
     if not source.exists():
         source = stage_dir(profile, stage.init_from) / "final"
     if not (source / "config.json").is_file():
-        raise FileNotFoundError(
-            f"stage {stage.name} starts from {stage.init_from!r}, but {source} holds no saved model; "
-            f"run stage {stage.init_from!r} first"
-        )
+        raise CheckpointError(f"stage {stage.name} starts from {stage.init_from!r}, but {source} holds no saved model",
+                              hint=f"run stage {stage.init_from!r} first")
     model, processor = load(source)
     if stage.layout:
-        model, processor = apply_layout(model, processor, stage.layout)
+        model, processor = apply_layout(model, processor, stage.layout, f"stages.{stage.name}.layout.")
     return model.train(), processor
 
 
-def apply_layout(model, processor, layout: dict):
-    """Change the tiling/selection of a loaded model (ablations); parameters are untouched."""
+def apply_layout(model, processor, layout: dict, where: str = "layout."):
+    """Change the tiling/selection of a loaded model (ablations); parameters are untouched.
+    Only `Layout` keys may change, so a stage cannot overwrite e.g. ``image_token_id``."""
+    check_keys(layout, {f.name for f in dataclasses.fields(Layout)}, where)
     if "projector_type" in layout and layout["projector_type"] != model.config.projector_type:
-        raise ConfigError("projector_type cannot change after initialisation (it changes the parameters)")
+        raise ConfigError(f"{where}projector_type cannot change after initialisation (it changes the parameters)")
     for key, value in layout.items():
-        if not hasattr(model.config, key):
-            raise ConfigError(f"unknown layout key {key!r}")
         setattr(model.config, key, value)
-    model.config.validate_layout()
+    try:
+        model.config.validate_layout()
+    except ValueError as err:
+        raise ConfigError(f"{where.rstrip('.')}: {err}") from None
     image = processor.image_processor
     return model, make_processor(model.config, processor.tokenizer, image.image_mean, image.image_std)
 
@@ -85,7 +86,7 @@ def set_trainable(model, parts: list[str]) -> dict[str, list[tuple[str, torch.nn
         if part in parts:
             trainable[part] = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     if not any(trainable.values()):
-        raise ValueError(f"stage trains {parts} but that selects no parameters")
+        raise ConfigError(f"stage trains {parts} but that selects no parameters")
     return trainable
 
 

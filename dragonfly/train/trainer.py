@@ -22,15 +22,16 @@ from rich.console import Console
 from transformers import get_scheduler
 
 from dragonfly.config import Profile
+from dragonfly.errors import DragonflyError
 from dragonfly.processor import IGNORE_INDEX
-from dragonfly.train import checkpoint
+from dragonfly.train import checkpoint, state
 from dragonfly.train.config import StageConfig, stage_dir
 from dragonfly.train.data import Collator, ConversationDataset, StepBatches
 from dragonfly.train.deepspeed import make_accelerator
 from dragonfly.train.parts import param_groups, set_trainable, start_model
 
 
-class TrainingError(RuntimeError):
+class TrainingError(DragonflyError):
     """A run that must stop (non-finite loss, empty labels); the message says why."""
 
 
@@ -105,17 +106,17 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
                               num_training_steps=total)
     image_token_id = model.config.image_token_id
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
 
     start_step, run_id = 0, None
-    if resume and (found := checkpoint.latest_valid(ckpt_root, console.print)) is not None:
-        state = checkpoint.read_state(found)
-        if conflicts := resume_conflicts(state.get("config"), stage):
+    found = _agreed_resume_point(accelerator, ckpt_root, console.print) if resume else None
+    if found is not None:
+        saved = checkpoint.read_state(found)
+        if conflicts := resume_conflicts(saved.get("config"), stage):
             raise TrainingError(f"stage {stage.name}: cannot resume {found} with a different configuration "
                                 f"({'; '.join(conflicts)}); restore those values, or train into a fresh --out "
                                 f"(or delete {ckpt_root})")
-        accelerator.load_state(str(found))
-        start_step, run_id = state["step"], state.get("mlflow_run_id")
+        state.load(found, accelerator, model, optimizer, scheduler, console.print)
+        start_step, run_id = saved["step"], saved.get("mlflow_run_id")
         console.print(f"[cyan]resumed[/] {stage.name} from {found} at step {start_step}/{total}")
     metrics_path = out / "metrics.jsonl"
     if main:
@@ -134,17 +135,22 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
     params = [p for named in trainable.values() for _, p in named]
 
     def save(step: int) -> None:
-        tmp = checkpoint.begin(ckpt_root, step) if main else None
+        tmp = ckpt_root / (checkpoint.checkpoint_name(step) + ".tmp")
+        if main:
+            checkpoint.begin(ckpt_root, step)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(ckpt_root / (checkpoint.checkpoint_name(step) + ".tmp")))
+        hashes = state.save(tmp, accelerator, model, optimizer, scheduler)
         accelerator.wait_for_everyone()
         if main:
             checkpoint.commit(tmp, {"step": step, "stage": stage.name, "mlflow_run_id": tracker.run_id if tracker else None,
-                                    "total_steps": total, "config": dataclasses.asdict(stage)}, stage.keep_last)
+                                    "total_steps": total, "config": dataclasses.asdict(stage)}, stage.keep_last, hashes)
         accelerator.wait_for_everyone()
 
     model.train()
     step, micro, window = start_step, 0, _Window()
+    # Whether the current weights came out of a step of THIS run that had a finite loss and
+    # gradient norm: only such a state may be saved as "the last good state" on a NaN.
+    stepped_finitely = False
     progress = _progress(console, main, total, start_step, stage.name)
     for batch in loader:
         if step == start_step and micro == 0 and start_step == 0:
@@ -158,14 +164,17 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
         with context:
             loss = model(**batch).loss
             if not _all_finite(accelerator, loss):
-                save(step)
-                raise TrainingError(f"stage {stage.name}: non-finite loss at step {step}; saved the last good "
-                                    f"state as checkpoint {checkpoint.checkpoint_name(step)}")
+                if stepped_finitely and _all_finite(accelerator, _weights_finite(model)):
+                    save(step)
+                    raise TrainingError(f"stage {stage.name}: non-finite loss at step {step}; saved the last good "
+                                        f"state as checkpoint {checkpoint.checkpoint_name(step)}")
+                raise TrainingError(_nothing_saved(stage.name, step, ckpt_root, found, step == start_step))
             accelerator.backward(loss / accum)
         window.add(loss.detach(), batch)
         if not last:
             continue
         grad_norm = accelerator.clip_grad_norm_(params, stage.grad_clip)
+        stepped_finitely = grad_norm is None or _all_finite(accelerator, grad_norm)  # None: DeepSpeed clips
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -200,10 +209,64 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
     return final
 
 
-def _all_finite(accelerator, loss: torch.Tensor) -> bool:
+def _all_finite(accelerator, value: torch.Tensor) -> bool:
     """Every rank agrees, so no rank waits forever in a collective another has left."""
-    flag = torch.tensor([float(torch.isfinite(loss.detach()).item())], device=loss.device)
+    value = torch.as_tensor(value).detach()
+    flag = torch.tensor([float(torch.isfinite(value).all().item())], device=accelerator.device)
     return bool(accelerator.reduce(flag, reduction="sum").item() == accelerator.num_processes)
+
+
+def _weights_finite(model) -> torch.Tensor:
+    """Checked only when a loss is non-finite (never per step): a full pass over the weights."""
+    return torch.tensor(all(bool(torch.isfinite(p).all()) for p in model.parameters()))
+
+
+def _agreed_resume_point(accelerator, root: Path, log) -> Path | None:
+    """Rank 0 verifies the checkpoints (reading each file once) and picks one; the other
+    ranks take its choice, so they never load different states or hash the files again."""
+    from accelerate.utils import broadcast
+
+    choice, error = -1, None  # -1: none (a first run); -2: some exist, none is usable
+    if accelerator.is_main_process:
+        try:
+            found = checkpoint.resume_point(root, log)
+            choice = -1 if found is None else int(found.name.removeprefix("step-"))
+        except checkpoint.CheckpointError as err:
+            choice, error = -2, err
+    choice = int(
+        broadcast(torch.tensor([choice], device=accelerator.device), from_process=0).item()
+    )
+    if error is not None:
+        raise error
+    if choice == -2:
+        raise checkpoint.CheckpointError(
+            f"--resume: no usable checkpoint in {root} (rank 0 says why)"
+        )
+    return None if choice == -1 else root / checkpoint.checkpoint_name(choice)
+
+
+def _nothing_saved(
+    stage: str, step: int, root: Path, resumed_from: Path | None, at_once: bool
+) -> str:
+    """The NaN-guard message when no state of this run is known good: which checkpoint to use.
+    ``at_once``: the run failed before its first step, so ``resumed_from`` itself is bad."""
+    existing = [path for _, path in checkpoint.list_checkpoints(root)]
+    message = (
+        f"stage {stage}: non-finite loss at step {step}; nothing was saved (no step of this run "
+        "ended with a finite loss, gradient norm and weights)"
+    )
+    if resumed_from is not None and at_once:
+        before = [path for path in existing if path.name < resumed_from.name]
+        message += f"; it resumed from {resumed_from}, which fails at once"
+        if before:
+            return (
+                message
+                + f": go back to {before[-1]} (move {resumed_from.name} aside, then --resume)"
+            )
+        return message + " and has no checkpoint before it: move it aside and train afresh"
+    if existing:
+        return message + f"; the newest checkpoint is {existing[-1]}: --resume continues from it"
+    return message + "; there is no checkpoint: train afresh (a lower lr?)"
 
 
 class _Window:
@@ -222,12 +285,20 @@ class _Window:
 
     def flush(self, accelerator, step: int, lr: float, grad_norm) -> dict:
         loss = accelerator.reduce(torch.stack(self.losses).mean(), reduction="mean")
-        counts = accelerator.reduce(torch.tensor([self.samples, self.tokens], dtype=torch.float64), reduction="sum")
+        counts = accelerator.reduce(
+            torch.tensor([self.samples, self.tokens], dtype=torch.float64), reduction="sum"
+        )
         seconds = max(time.perf_counter() - self.start, 1e-9)
         norm = float(grad_norm) if grad_norm is not None else math.nan
-        record = {"step": step, "loss": float(loss), "lr": lr, "grad_norm": norm,
-                  "samples_per_s": float(counts[0]) / seconds, "tokens_per_s": float(counts[1]) / seconds,
-                  "peak_memory_mb": _peak_memory_mb()}
+        record = {
+            "step": step,
+            "loss": float(loss),
+            "lr": lr,
+            "grad_norm": norm,
+            "samples_per_s": float(counts[0]) / seconds,
+            "tokens_per_s": float(counts[1]) / seconds,
+            "peak_memory_mb": _peak_memory_mb(),
+        }
         self.reset()
         return record
 

@@ -40,7 +40,7 @@ def make_workspace(root: Path, n_train: int = 12) -> Path:
     return path
 
 
-def cli(*args: str, cwd: Path, env: dict | None = None, torchrun: int = 0, wait: bool = True):
+def cli(*args: str, cwd: Path, env: dict | None = None, torchrun: int = 0, wait: bool = True, check: bool = True):
     """Run the real `dragonfly` command (optionally under torchrun with gloo on 127.0.0.1)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "DRAGONFLY_TRACKING": "0", **(env or {})}
     if torchrun:
@@ -51,7 +51,7 @@ def cli(*args: str, cwd: Path, env: dict | None = None, torchrun: int = 0, wait:
     if not wait:
         return subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     result = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert result.returncode == 0 or not check, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 
 

@@ -96,8 +96,9 @@ def test_pretrained_tower_learns_saves_in_hub_layout_and_loads_into_the_model(pa
 
 
 def test_missing_or_mismatched_tower_is_a_clear_error(params, tmp_path):
-    with pytest.raises(FileNotFoundError, match="dragonfly pretrain-vision"):
+    with pytest.raises(ConfigError, match="holds no vision checkpoint") as missing:
         build_tiny(TinySpec(vision_from=str(tmp_path / "nowhere")))
+    assert "dragonfly pretrain-vision" in missing.value.hint
     pretrain_vision("tiny", params, ["vision_pretrain.steps=1", "vision_pretrain.images=4"], progress=False)
     with pytest.raises(ValueError, match="tile/patch 32/8"):
         build_tiny(TinySpec(tile_size=64, vision_layers=3, vision_from=str(tmp_path / "tower")))

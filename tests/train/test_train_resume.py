@@ -92,7 +92,7 @@ def test_two_processes_match_one(workspace, run_cli, reference, tmp_path):
     assert len(lines) == 24  # rank 0 alone logs
     saved = out / "checkpoints" / "step-000024"
     assert checkpoint.problem(saved) is None
-    assert {p.name for p in saved.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+    assert {p.name for p in saved.glob("rng_*.json")} == {"rng_0.json", "rng_1.json"}  # one RNG state per rank
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["dragonfly-tiny"], output_format="list")
     assert len(runs) == 1 and runs[0].data.params["world_size"] == "2"

@@ -7,12 +7,14 @@ embedded in parquet files are written under `root/images/<source>/`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from dragonfly.data.quarantine import Converted
+from dragonfly.config import ConfigError
+from dragonfly.data.quarantine import Converted, with_stage
 from dragonfly.data.sources import (
     biocaption,
     coco,
@@ -25,6 +27,7 @@ from dragonfly.data.sources import (
     slake,
     vqa_rad,
 )
+from dragonfly.errors import DragonflyError, close_match
 
 Converter = Callable[..., Converted]
 
@@ -42,7 +45,39 @@ FORMATS: dict[str, Converter] = {
 }
 
 
+class UnknownFormatError(DragonflyError, KeyError):
+    """A data format name no converter has."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
+def converter_options(fmt: str) -> list[str]:
+    """The options `fmt`'s converter takes (its keyword parameters after path and root,
+    without those the format name fixes, like lmms_lab's `benchmark`)."""
+    converter = FORMATS[fmt]
+    fixed = set(converter.keywords) if isinstance(converter, partial) else set()
+    params = list(inspect.signature(converter).parameters.values())[2:]
+    return [p.name for p in params if p.name not in fixed]
+
+
+def _check_options(fmt: str, options: dict[str, Any]) -> None:
+    accepted = converter_options(fmt)
+    for key in options:
+        if key not in accepted:
+            raise ConfigError(
+                f"format {fmt!r} has no option {key!r}{close_match(key, accepted)}; "
+                f"it takes: {', '.join(accepted) or 'none'}"
+            )
+
+
 def convert(fmt: str, path: Path, root: Path, **options: Any) -> Converted:
+    """Run `fmt`'s converter; its rejections are marked as found at the convert stage."""
     if fmt not in FORMATS:
-        raise KeyError(f"unknown data format {fmt!r}; known: {sorted(FORMATS)}")
-    return FORMATS[fmt](path, root, **options)
+        raise UnknownFormatError(
+            f"unknown data format {fmt!r}{close_match(fmt, FORMATS)}; "
+            f"known: {', '.join(sorted(FORMATS))}"
+        )
+    _check_options(fmt, options)
+    result = FORMATS[fmt](path, root, **options)
+    return Converted(result.samples, with_stage(result.rejections, "convert"))

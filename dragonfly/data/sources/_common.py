@@ -1,14 +1,19 @@
-"""Helpers shared by the converters: answer normalisation, paths, HF parquet rows."""
+"""Helpers shared by the converters: reading text files, answer normalisation, paths, HF
+parquet rows."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
+import json
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow.parquet as pq
 
 from dragonfly.data.quarantine import FILTERED, ConverterError, Rejection
@@ -26,6 +31,50 @@ _SPLIT_ALIASES = {
 }
 MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
 SHORT_SUFFIX = "Answer the question using a single word or phrase."
+
+
+# --- text files -------------------------------------------------------------------------
+# Every converter reads its JSON/JSONL/CSV/TSV through these, so a file that is not UTF-8
+# is a ConverterError naming the file and the byte, never a bare UnicodeDecodeError.
+
+
+def read_text(path: Path) -> str:
+    """The whole file as UTF-8 text (gunzipped first when it ends in .gz)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConverterError(path, f"a readable file ({exc})") from None
+    where = "byte offset"
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+        where = "byte offset (decompressed)"
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConverterError(
+            path, f"UTF-8 text; invalid byte 0x{data[exc.start]:02x} at {where} {exc.start}"
+        ) from None
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 file without their newlines (row k is line k, as for a file)."""
+    return read_text(path).split("\n")
+
+
+def read_json(path: Path, expected: str) -> Any:
+    """A UTF-8 JSON file; `expected` describes it in the error when it is not valid JSON."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise ConverterError(path, f"{expected} ({exc})") from None
+
+
+def read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
+    """A UTF-8 CSV file (or .csv.gz) as a frame; `kwargs` go to `pandas.read_csv`."""
+    return pd.read_csv(io.StringIO(read_text(path)), **kwargs)
+
+
+# --- answers and prompts ----------------------------------------------------------------
 
 
 def yes_no(answer: str) -> str | None:

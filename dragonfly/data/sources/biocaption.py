@@ -11,12 +11,19 @@ Two layouts are read:
 from __future__ import annotations
 
 import csv
-import json
+import io
 from pathlib import Path
 
 from dragonfly.data.quarantine import Converted, ConverterError
 from dragonfly.data.schema import Sample, user_assistant
-from dragonfly.data.sources._common import malformed, missing_keys, normalise_split, rel_to_root
+from dragonfly.data.sources._common import (
+    malformed,
+    missing_keys,
+    normalise_split,
+    read_json,
+    read_text,
+    rel_to_root,
+)
 
 PROMPTS = {
     "caption": "Describe the image in one sentence.",
@@ -53,7 +60,7 @@ def convert_tsv(
         raise ConverterError(folder, f"a bioCaption folder with any of {list(TSV_SPLITS)}")
     out = Converted()
     for file, split in files:
-        with file.open(encoding="utf-8", newline="") as fh:
+        with io.StringIO(read_text(file), newline="") as fh:
             for row, cols in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)):
                 if not cols or not "".join(cols).strip():
                     continue
@@ -75,10 +82,7 @@ def convert_tsv(
 def convert_r2gen(
     file: Path, root: Path, source: str, task: str, images_dir: str = "images"
 ) -> Converted:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConverterError(file, f"R2Gen annotation JSON ({exc})") from None
+    data = read_json(file, "R2Gen annotation JSON")
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise ConverterError(file, 'an object {"train": [...], "val": [...], "test": [...]}')
     imgs = file.parent / images_dir

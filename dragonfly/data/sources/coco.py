@@ -6,13 +6,12 @@ one sample per image, all of its captions as references (about five).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from dragonfly.data.quarantine import Converted, ConverterError, Rejection
 from dragonfly.data.schema import Sample, user_assistant
-from dragonfly.data.sources._common import normalise_split, rel_to_root
+from dragonfly.data.sources._common import normalise_split, read_json, rel_to_root
 
 PROMPT = "Provide a one-sentence caption for the provided image."
 
@@ -20,10 +19,7 @@ PROMPT = "Provide a one-sentence caption for the provided image."
 def convert(
     path: Path, root: Path, source: str = "coco", images_dir: str | Path | None = None
 ) -> Converted:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConverterError(path, f"COCO captions JSON ({exc})") from None
+    data = read_json(path, "COCO captions JSON")
     if not isinstance(data, dict) or not {"images", "annotations"} <= set(data):
         raise ConverterError(path, 'an object with "images" and "annotations" lists')
     match = re.search(r"(train|val|test)(\d{4})", path.name)

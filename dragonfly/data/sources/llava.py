@@ -13,23 +13,53 @@ from typing import Any
 
 from dragonfly.data.quarantine import Converted, ConverterError
 from dragonfly.data.schema import Sample, Turn
-from dragonfly.data.sources._common import malformed, normalise_split, rel_to_root
+from dragonfly.data.sources._common import (
+    malformed,
+    normalise_split,
+    read_json,
+    read_lines,
+    rel_to_root,
+)
 
 _ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 _ROLE["system"] = "system"
 
 
 def _records(path: Path) -> list[Any]:
-    try:
-        if path.suffix == ".jsonl":
-            with path.open(encoding="utf-8") as fh:
-                return [json.loads(line) for line in fh if line.strip()]
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConverterError(path, f"a LLaVA conversation JSON list ({exc})") from None
+    expected = "a LLaVA conversation JSON list"
+    if path.suffix != ".jsonl":
+        data = read_json(path, expected)
+    else:
+        try:
+            data = [json.loads(line) for line in read_lines(path) if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise ConverterError(path, f"{expected} ({exc})") from None
     if not isinstance(data, list):
         raise ConverterError(path, f"a JSON list of records, got {type(data).__name__}")
     return data
+
+
+def _image_folder(path: Path, root: Path, image_folder: str | Path | None) -> Path:
+    """Where the records' image paths start.
+
+    By default the JSON file's own folder, as given (relative to the working directory like
+    `path`; `path` already includes the data root when a mixture resolved it). A relative
+    `image_folder` is looked up beside the JSON file first, then under the data root.
+    """
+    if image_folder is None:
+        return path.parent
+    folder = Path(image_folder)
+    if folder.is_absolute():
+        return folder
+    candidates = (path.parent / folder, root / folder)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise ConverterError(
+        path,
+        f"image_folder {str(image_folder)!r} to be a folder beside the JSON file or under the "
+        f"data root, but neither {candidates[0]} nor {candidates[1]} exists",
+    )
 
 
 def convert(
@@ -40,11 +70,10 @@ def convert(
     task: str | None = None,
     image_folder: str | Path | None = None,
 ) -> Converted:
-    """`task` labels image samples (e.g. 'caption' for LLaVA-Pretrain); default 'vqa_open'."""
+    """`task` labels image samples (e.g. 'caption' for LLaVA-Pretrain); default 'vqa_open'.
+    `image_folder`: see `_image_folder`."""
     split = normalise_split(split, path)
-    folder = Path(image_folder) if image_folder is not None else path.parent
-    if not folder.is_absolute():
-        folder = root / folder
+    folder = _image_folder(path, root, image_folder)
     out = Converted()
     for row, rec in enumerate(_records(path)):
         rid = (

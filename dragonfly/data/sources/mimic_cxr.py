@@ -16,7 +16,7 @@ import pandas as pd
 
 from dragonfly.data.quarantine import Converted, ConverterError, Rejection
 from dragonfly.data.schema import Sample, user_assistant
-from dragonfly.data.sources._common import normalise_split, rel_to_root
+from dragonfly.data.sources._common import normalise_split, read_csv, rel_to_root
 
 PROMPT = "Write the findings section of the radiology report for this chest X-ray."
 FRONTAL = ("PA", "AP")
@@ -49,7 +49,7 @@ def _table(folder: Path, stem: str) -> pd.DataFrame | None:
     for suffix in (".csv", ".csv.gz"):
         file = folder / f"{stem}{suffix}"
         if file.is_file():
-            return pd.read_csv(file, dtype=str)
+            return read_csv(file, dtype=str)
     return None
 
 

@@ -11,11 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pandas as pd
-
 from dragonfly.data.quarantine import Converted, ConverterError
 from dragonfly.data.schema import Sample, user_assistant
-from dragonfly.data.sources._common import malformed, normalise_split, rel_to_root
+from dragonfly.data.sources._common import malformed, normalise_split, read_csv, rel_to_root
 
 PROMPT = "Describe the radiology image in one sentence."
 COLUMNS = ("id", "name", "caption")
@@ -51,7 +49,7 @@ def convert(
         if not match:
             raise ConverterError(file, "a file named radiology{train,val,test}data.csv")
         split = normalise_split(match.group(1), file)
-        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+        frame = read_csv(file, dtype=str, keep_default_na=False)
         absent = [c for c in COLUMNS if c not in frame.columns]
         if absent:
             raise ConverterError(file, f"columns {list(COLUMNS)}; missing {absent}")

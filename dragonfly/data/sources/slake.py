@@ -8,7 +8,6 @@ Chinese rows are quarantined as `non_english` (filtered, not an error).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from dragonfly.data.quarantine import Converted, ConverterError
@@ -20,6 +19,7 @@ from dragonfly.data.sources._common import (
     malformed,
     missing_keys,
     normalise_split,
+    read_json,
     rel_to_root,
     yes_no,
 )
@@ -41,10 +41,7 @@ def _files(path: Path) -> list[tuple[Path, str]]:
 def convert(path: Path, root: Path, source: str = "slake", images_dir: str = "imgs") -> Converted:
     out = Converted()
     for file, split in _files(path):
-        try:
-            records = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConverterError(file, f"a JSON list of SLAKE records ({exc})") from None
+        records = read_json(file, "a JSON list of SLAKE records")
         if not isinstance(records, list):
             raise ConverterError(file, "a JSON list of SLAKE records")
         imgs = file.parent / images_dir

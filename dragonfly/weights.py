@@ -1,0 +1,68 @@
+"""Strict ``from_pretrained``: a checkpoint whose tensors do not match the model is an error.
+
+transformers fills missing tensors with a fresh random init and only prints a table, so a
+weights file with the wrong names loads as a random model that answers garbage. Every
+load of a Dragonfly checkpoint or a backbone goes through :func:`load_strict` instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from dragonfly.errors import DragonflyError
+
+# Tensors of a full CLIP/SigLIP checkpoint that a vision tower does not use (the text
+# encoder and the contrastive heads): dropping them is the documented way to take the
+# vision half of a dual encoder, so they are the only unexpected keys accepted, by name.
+DUAL_ENCODER_UNUSED = ("text_model.", "text_projection.", "visual_projection.", "logit_scale",
+                       "logit_bias")
+
+
+class WeightsMismatchError(DragonflyError):
+    """A checkpoint whose tensor names do not match the model it is loaded into."""
+
+
+def _listing(keys: Iterable[str], limit: int = 3) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def check_loading_info(path: str | Path, info: dict, allowed_unexpected: tuple[str, ...] = ()) -> None:
+    """Raise naming the missing, unexpected or wrongly shaped tensors of ``info``."""
+    missing = set(info.get("missing_keys") or ())
+    unexpected = {k for k in info.get("unexpected_keys") or () if not k.startswith(allowed_unexpected)}
+    mismatched = {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ()}
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} with the wrong shape: {_listing(mismatched)}")
+    if problems:
+        raise WeightsMismatchError(f"{path}: the weights do not match the model ({'; '.join(problems)})",
+                                   hint="is this the checkpoint you meant? a model with fresh random "
+                                        "weights in their place would answer garbage")
+
+
+def load_strict(auto_class, path: str | Path, allowed_unexpected: tuple[str, ...] = (), **kwargs):
+    """``auto_class.from_pretrained(path, **kwargs)`` that refuses a mismatched checkpoint."""
+    from transformers.utils import logging
+
+    # transformers would print its own table of the same mismatch; ours is the one error.
+    # Its loading bar is kept for a person at a terminal and left out of redirected logs.
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    if not sys.stderr.isatty():
+        logging.disable_progress_bar()
+    try:
+        model, info = auto_class.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+    check_loading_info(path, info, allowed_unexpected)
+    return model

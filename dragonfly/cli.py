@@ -77,7 +77,7 @@ def init(
 
 @app.command()
 def predict(
-    model: Path = typer.Option(..., help="Saved Dragonfly directory."),
+    model: str = typer.Option(..., help="Saved Dragonfly directory, or models:/NAME@ALIAS or models:/NAME/VERSION."),
     image: Path = typer.Option(..., help="Image file (JPEG/PNG/TIFF/DICOM)."),
     question: str = typer.Option(..., help="Question about the image."),
     max_new_tokens: int = typer.Option(32, help="Answer length limit."),
@@ -87,8 +87,9 @@ def predict(
     """Answer QUESTION about IMAGE with MODEL."""
     from dragonfly.data.images import load_image
     from dragonfly.inference import answer, load
+    from dragonfly.registry import resolve_model
 
-    net, processor = load(model)
+    net, processor = load(resolve_model(model))
     picture = load_image(image)
     result = answer(net, processor, [picture], [question], max_new_tokens)[0]
     if viz is not None:
@@ -133,8 +134,9 @@ def pretrain_vision(
     from rich.table import Table
 
     from dragonfly.pipeline import pretrain_vision as run
+    from dragonfly.tracking import tracking_from_env
 
-    out, metrics = run(profile, params, override, force)
+    out, metrics = run(profile, params, override, force, tracking=tracking_from_env())
     table = Table("held-out patches", "value", title=f"vision tower → {out}")
     for key in ("shape_accuracy", "tile_shape_accuracy", "colour_accuracy", "background_accuracy", "readable_patches",
                 "final_loss"):
@@ -144,7 +146,7 @@ def pretrain_vision(
 
 @app.command("zoom-recall")
 def zoom_recall_command(
-    model: Path = typer.Option(..., help="Saved Dragonfly directory."),
+    model: str = typer.Option(..., help="Saved Dragonfly directory, or models:/NAME@ALIAS or models:/NAME/VERSION."),
     variant: str = typer.Option("general", help="Synthetic variant: general or biomedical."),
     glyph_area: float = typer.Option(576.0, help="Glyph area in px², as in data.synth."),
     images: int = typer.Option(64, help="Fresh synthetic scenes to measure on."),
@@ -154,8 +156,9 @@ def zoom_recall_command(
     from dragonfly.data.synth import SynthConfig
     from dragonfly.eval.zoom_recall import zoom_recall
     from dragonfly.inference import load
+    from dragonfly.registry import resolve_model
 
-    net, processor = load(model)
+    net, processor = load(resolve_model(model))
     result = zoom_recall(net.eval(), processor, SynthConfig(variant=variant, seed=seed, glyph_area=glyph_area), images)
     console.print(f"{model}: kept {result.kept_glyph_tiles} of {result.glyph_tiles} glyph tiles "
                   f"(recall {result.recall:.3f}, chance {result.chance:.3f}, "
@@ -169,14 +172,17 @@ def train(
     profile: str = typer.Option("tiny", help="Profile name in params.yaml."),
     params: Path = ParamsOption,
     resume: bool = typer.Option(False, help="Continue from the newest valid checkpoint of this stage."),
+    force: bool = typer.Option(False, help="Train even when the output records the same fingerprint."),
     out: Path | None = typer.Option(None, help="Output directory (default runs/<profile>/<stage>)."),
     override: list[str] = SetOption,
     overrides: list[str] = typer.Argument(None, help="Stage overrides key=value, e.g. lr=1e-4 max_steps=5."),
 ):
     """Train one stage; writes checkpoints and a save_pretrained model to <out>/final."""
     from dragonfly.pipeline import train as run
+    from dragonfly.tracking import tracking_from_env
 
-    final = run(stage, profile, params, overrides or [], resume, out, sets=override)
+    final = run(stage, profile, params, overrides or [], resume, out, sets=override, tracking=tracking_from_env(),
+                force=force)
     if os.environ.get("RANK", "0") == "0":
         console.print(f"[green]stage {stage} done[/]: {final}")
 

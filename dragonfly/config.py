@@ -21,7 +21,7 @@ from dragonfly.tiny import TinySpec
 DEFAULT_PARAMS = Path("params.yaml")
 # The sections of params.yaml. `anchors:` holds YAML anchors (`&name`) only; the loader
 # never reads it, so shared blocks can live there without being a setting of their own.
-TOP_LEVEL = ("anchors", "profiles", "ablations", "data")
+TOP_LEVEL = ("anchors", "profiles", "ablations", "data", "registry")
 PARAMS_HINT = "run from the project directory (it holds params.yaml) or pass --params FILE"
 
 

@@ -4,13 +4,27 @@ these; none of them re-implements a step.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from dragonfly.config import DEFAULT_PARAMS, Profile, from_dict, load_profile, split_overrides
 from dragonfly.data.config import DataConfig, load_data_config
-from dragonfly.train.config import BackbonePretrainConfig, StageConfig, load_stage, stage_names
+from dragonfly.fingerprint import file_digest, fingerprint, record, recorded
+from dragonfly.tracking import Tracking
+from dragonfly.train.config import (
+    BackbonePretrainConfig,
+    StageConfig,
+    load_stage,
+    stage_dir,
+    stage_names,
+)
+
+# The code each step runs, for its fingerprint: an edit elsewhere (CLI, report, registry)
+# re-runs nothing.
+MODEL_CODE = ("modeling.py", "processing.py", "zoom.py", "processor.py", "build.py", "tiny.py", "weights.py",
+              "inference.py", "config.py")
+TRAIN_CODE = (*MODEL_CODE, "train", "data")
+EVAL_CODE = (*MODEL_CODE, "eval", "metrics", "data")
 
 
 @dataclass(frozen=True)
@@ -56,24 +70,20 @@ def prepare_data(params: str | Path = DEFAULT_PARAMS, mixtures: list[str] | None
     return built
 
 
-def tracking_enabled() -> bool:
-    return os.environ.get("DRAGONFLY_TRACKING", "1") not in ("0", "false", "no")
-
-
-def _tracker_factory(profile: Profile):
-    if not tracking_enabled():
+def _tracker_factory(profile: Profile, tracking: Tracking | None):
+    if tracking is None:
         return None
-    from dragonfly.tracking import Tracker
 
     def factory(stage: StageConfig, run_id: str | None):
-        return Tracker(experiment=f"dragonfly-{profile.name}", run_name=stage.name, run_id=run_id,
-                       tags={"dragonfly.stage": stage.name, "dragonfly.profile": profile.name})
+        return tracking.tracker(f"dragonfly-{profile.name}", stage.name, run_id,
+                                tags={"dragonfly.stage": stage.name, "dragonfly.profile": profile.name})
 
     return factory
 
 
 def pretrain_vision(profile: str = "tiny", params: str | Path | None = DEFAULT_PARAMS,
-                    overrides: list[str] | None = None, force: bool = False, progress: bool = True) -> tuple[Path, dict]:
+                    overrides: list[str] | None = None, force: bool = False, progress: bool = True,
+                    tracking: Tracking | None = None) -> tuple[Path, dict]:
     """Pretrain the tiny profile's vision tower and save it to ``model.tiny.vision_from``.
 
     Skipped (returning the saved metrics) when that directory already holds a tower
@@ -106,11 +116,9 @@ def pretrain_vision(profile: str = "tiny", params: str | Path | None = DEFAULT_P
     tiling = TilingSpec(tile_size=spec.tile_size, medium_grids=layout.medium_grids, high_grids=layout.high_grids)
     tower, metrics = pretrain(spec, tiling, cfg, layout.vision_feature_layer, progress=progress)
     save_backbone(tower, out, metrics, wanted)
-    if tracking_enabled():
-        from dragonfly.tracking import Tracker
-
-        tracker = Tracker(experiment=f"dragonfly-{prof.name}", run_name="vision_pretrain",
-                          tags={"dragonfly.stage": "vision_pretrain", "dragonfly.profile": prof.name})
+    if tracking is not None:
+        tracker = tracking.tracker(f"dragonfly-{prof.name}", "vision_pretrain",
+                                   tags={"dragonfly.stage": "vision_pretrain", "dragonfly.profile": prof.name})
         tracker.log_params(wanted)
         tracker.log_metrics({k: float(v) for k, v in metrics.items()})
         tracker.finish()
@@ -118,13 +126,14 @@ def pretrain_vision(profile: str = "tiny", params: str | Path | None = DEFAULT_P
 
 
 def train(stage: str, profile: str = "tiny", params: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None,
-          resume: bool = False, out_dir: str | Path | None = None, sets: list[str] | None = None) -> Path:
+          resume: bool = False, out_dir: str | Path | None = None, sets: list[str] | None = None,
+          tracking: Tracking | None = None, force: bool = False, log=print) -> Path:
     """Run one training stage of a profile; returns its ``final`` model directory.
 
     ``overrides`` are relative to the stage (``lr=1e-4``); ``sets`` to the profile or the
     data section, as in :func:`load_settings`.
     """
-    from dragonfly.data.manifest import verify_dataset
+    from dragonfly.data.manifest import MANIFEST, verify_dataset
     from dragonfly.train.trainer import train_stage
 
     settings = load_settings(params, profile, sets)
@@ -134,5 +143,142 @@ def train(stage: str, profile: str = "tiny", params: str | Path = DEFAULT_PARAMS
     # Before the model is built (minutes for the paper profile): a stale or failed build is
     # refused here, naming what differs from the mixture asked for.
     dataset_dir = verify_dataset(Path(cfg.out_dir) / mixture.name, mixture)
-    return train_stage(settings.profile, stage_cfg, cfg.root, dataset_dir, out_dir=out_dir, resume=resume,
-                       tracker_factory=_tracker_factory(settings.profile))
+    out = Path(out_dir) if out_dir else stage_dir(settings.profile, stage)
+    fp = fingerprint(_stage_config(settings.profile, stage_cfg),
+                     {"data": file_digest(dataset_dir.parent / MANIFEST), "init": _init_fingerprint(settings.profile, stage_cfg)},
+                     TRAIN_CODE)
+    if not force and recorded(out) == fp and (out / "final" / "config.json").is_file():
+        if log is not None:
+            log(f"stage {stage}: up to date ({out / 'final'}); skipped (--force retrains)")
+        return out / "final"
+    return train_stage(settings.profile, stage_cfg, cfg.root, dataset_dir, out_dir=out, resume=resume,
+                       tracker_factory=_tracker_factory(settings.profile, tracking), fingerprint=fp)
+
+
+def _stage_config(profile: Profile, stage: StageConfig) -> dict:
+    """What a stage's result depends on: its config without bookkeeping keys, and the
+    model section when it builds the model itself."""
+    from dataclasses import asdict
+
+    from dragonfly.train.trainer import RESUME_SAFE
+
+    config = {k: v for k, v in asdict(stage).items() if k not in RESUME_SAFE}
+    return {"stage": config, "model": asdict(profile.model) if stage.init_from == "init" else None}
+
+
+def _init_fingerprint(profile: Profile, stage: StageConfig) -> str:
+    """The recorded fingerprint of the model a stage starts from (its stage folder holds it)."""
+    if stage.init_from == "init":
+        return "init"
+    given = Path(stage.init_from)
+    final = given if given.exists() else stage_dir(profile, stage.init_from) / "final"
+    config = final / "config.json"
+    # A model from elsewhere (no record): named by its config file, never re-read in full.
+    return recorded(final.parent) or f"{final}:{file_digest(config)}"
+
+
+def evaluate(model_dir: str | Path, benchmarks: list[str], params: str | Path = DEFAULT_PARAMS,
+             out_dir: str | Path = "eval", limit: int | None = None, batch_size: int = 16,
+             tracking: Tracking | None = None, progress: bool = True, force: bool = False,
+             log=print) -> dict[str, dict]:
+    """Evaluate ``model_dir`` on ``benchmarks`` (samples under the data root of ``params``);
+    writes ``<out_dir>/<benchmark>/{predictions.jsonl,metrics.json}`` and ``summary.json``
+    and returns ``{benchmark: metrics}``. Skipped when the model, the benchmarks and the
+    settings are those the output records."""
+    import json
+
+    from dragonfly.eval import evaluate as evaluate_one
+    from dragonfly.inference import load
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    root = Path(load_data_config(params).root)
+    settings = {"benchmarks": list(benchmarks), "limit": limit, "root": str(root)}
+    fp = fingerprint(settings, {"model": recorded(model_dir.parent) or file_digest(model_dir / "config.json")},
+                     EVAL_CODE)
+    summary_path = out_dir / "summary.json"
+    if not force and recorded(out_dir) == fp and summary_path.is_file():
+        log(f"evaluation of {model_dir}: up to date ({summary_path}); skipped")
+        return json.loads(summary_path.read_text())
+    loaded = load(model_dir)
+    results = {}
+    for name in benchmarks:
+        tracker = tracking.tracker("dragonfly-eval", f"eval-{name}") if tracking is not None else None
+        status = "FAILED"
+        try:
+            results[name] = evaluate_one(model_dir, name, None, root, out_dir / name, batch_size, limit, tracker,
+                                         loaded=loaded, progress=progress)
+            status = "FINISHED"
+        finally:
+            if tracker is not None:
+                tracker.finish(status)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    record(out_dir, fp, model=str(model_dir), **settings)
+    return results
+
+
+def register(track: str, model_dir: str | Path, metrics: dict[str, dict], params: str | Path = DEFAULT_PARAMS,
+             tracking: Tracking | None = None, log=print) -> dict:
+    """Register ``model_dir`` under the ``registry.<track>`` model with its evaluation
+    ``metrics`` (``{benchmark: metrics}``): a new version with ``@candidate``, and
+    ``@champion`` when it beats the champion on the track's metric. The same model with the
+    same metrics is registered once (its fingerprint is a version tag)."""
+    import subprocess
+    from dataclasses import asdict
+
+    from dragonfly.config import ConfigError
+    from dragonfly.errors import DragonflyError, close_match
+    from dragonfly.fingerprint import code_version
+    from dragonfly.registry import load_registry
+    from dragonfly.registry import register as register_version
+
+    tracks = load_registry(params)
+    if track not in tracks:
+        raise ConfigError(f"registry.{track} is not configured{close_match(track, tracks)}; have {', '.join(tracks)}")
+    if tracking is None:
+        raise DragonflyError("registering a model needs MLflow tracking", hint="unset DRAGONFLY_TRACKING=0")
+    cfg, model_dir = tracks[track], Path(model_dir)
+    flat = {f"{bench}.{key}": float(value) for bench, values in metrics.items() for key, value in values.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)}
+    fp = fingerprint(asdict(cfg), {"model": recorded(model_dir.parent) or file_digest(model_dir / "config.json"),
+                                   "metrics": str(sorted(flat.items()))}, ("registry.py",))
+    if (done := _registered(cfg.model, fp, tracking.uri)) is not None:
+        log(f"{cfg.model} version {done['version']}: already registered with these metrics; skipped")
+        return done
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+    tags = {FINGERPRINT_TAG: fp, "dragonfly.code": code_version(TRAIN_CODE), "git.commit": commit or "unknown",
+            "dragonfly.lineage": str(recorded(model_dir.parent) or "")}
+    tracker = tracking.tracker("dragonfly-registry", f"register-{track}")
+    status = "FAILED"
+    try:
+        tracker.log_metrics(flat)
+        result = register_version(model_dir, flat, cfg, tags, run_id=tracker.run_id, uri=tracking.uri)
+        status = "FINISHED"
+    finally:
+        tracker.finish(status)
+    log(f"{result.name} version {result.version} @candidate; {result.reason}")
+    return asdict(result)
+
+
+FINGERPRINT_TAG = "dragonfly_fingerprint"
+
+
+def _registered(name: str, fp: str, uri: str) -> dict | None:
+    """The registration of the version tagged with ``fp``, if ``name`` has one."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        found = client.search_model_versions(f"name='{name}' and tag.{FINGERPRINT_TAG}='{fp}'")
+    except MlflowException:
+        return None
+    if not found:
+        return None
+    version = found[0]
+    try:
+        champion = int(client.get_model_version_by_alias(name, "champion").version)
+    except MlflowException:
+        champion = None
+    return {"name": name, "version": int(version.version), "champion_version": champion,
+            "champion_moved": False, "reason": "already registered with the same model and metrics"}

@@ -10,14 +10,39 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 DEFAULT_URI = "sqlite:///mlflow.db"
-PARENT_ENV = "DRAGONFLY_PARENT_RUN_ID"
 
 
 def tracking_uri() -> str:
+    """MLflow's own convention: ``MLFLOW_TRACKING_URI``, else ``./mlflow.db``."""
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where a step records its runs, and the run they nest under. Steps take one of these
+    as an argument (``None``: no tracking); only the edges (CLI, flow) read the
+    environment, in :func:`tracking_from_env`."""
+
+    uri: str = DEFAULT_URI
+    parent_run_id: str | None = None
+
+    def under(self, parent_run_id: str | None) -> Tracking:
+        return replace(self, parent_run_id=parent_run_id)
+
+    def tracker(self, experiment: str, run_name: str, run_id: str | None = None,
+                tags: Mapping[str, str] | None = None) -> Tracker:
+        return Tracker(experiment, run_name, run_id, self.parent_run_id, self.uri, tags)
+
+
+def tracking_from_env(environ: Mapping[str, str] = os.environ) -> Tracking | None:
+    """``DRAGONFLY_TRACKING=0`` switches tracking off; ``MLFLOW_TRACKING_URI`` picks the store."""
+    if environ.get("DRAGONFLY_TRACKING", "1").lower() in ("0", "false", "no", "off"):
+        return None
+    return Tracking(uri=environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, str]:
@@ -47,7 +72,6 @@ class Tracker:
             return
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
-        parent_run_id = parent_run_id or os.environ.get(PARENT_ENV)
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id

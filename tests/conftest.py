@@ -32,6 +32,16 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def saved_tiny(tiny, tmp_path_factory):
+    """The tiny model and processor saved with save_pretrained, as a user would save them."""
+    model, processor = tiny
+    out = tmp_path_factory.mktemp("saved") / "final"
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def retina() -> Image.Image:
     """A real fundus photograph shipped with scikit-image (1411×1411)."""
     from skimage import data

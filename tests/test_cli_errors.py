@@ -113,12 +113,8 @@ def test_a_stage_layout_cannot_set_what_is_not_a_layout_key(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def saved_model(tmp_path_factory, tiny) -> Path:
-    model, processor = tiny
-    out = tmp_path_factory.mktemp("saved") / "model"
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+def saved_model(saved_tiny) -> Path:
+    return saved_tiny
 
 
 def test_weights_with_no_matching_tensors_are_refused(tmp_path, saved_model, retina):

@@ -22,14 +22,12 @@ stale one is trained again, and so is everything after it. Evaluations likewise.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,6 +39,7 @@ from dragonfly.eval.ablation_report import VariantResult, write_report
 from dragonfly.eval.benchmarks import get_benchmark
 from dragonfly.eval.evaluator import METRICS_FILE, PREDICTIONS_FILE, evaluate
 from dragonfly.eval.scoring import read_predictions
+from dragonfly.tracking import tracking_uri
 from dragonfly.train.config import load_stage
 
 STAGE_MARKER = "ablation_stage.json"
@@ -123,22 +122,6 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-@contextlib.contextmanager
-def _environ(values: Mapping[str, str]) -> Iterator[None]:
-    """`pipeline.train` takes its MLflow switch and parent run from the environment (the
-    interface the flows use too); set them for one call only, then put them back."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _losses(metrics_jsonl: Path) -> dict[str, float]:
     records = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()] \
         if metrics_jsonl.is_file() else []
@@ -163,10 +146,10 @@ def _layout_overrides(layout: Mapping) -> list[str]:
 def _train_variant(plan: Plan, name: str, layout: Mapping, run_id: str | None):
     """Train the stage chain of one variant; returns (final dir, token, seconds, losses, reused)."""
     from dragonfly.pipeline import train
-    from dragonfly.tracking import PARENT_ENV
+    from dragonfly.tracking import Tracking
 
     profile = load_profile(plan.profile, plan.params)
-    env = {PARENT_ENV: run_id} if (plan.mlflow and run_id) else {"DRAGONFLY_TRACKING": "0"}
+    tracking = Tracking(tracking_uri(), run_id) if (plan.mlflow and run_id) else None
     previous: tuple[Path, str] | None = None  # final dir and completion token of the last stage
     seconds, losses, reused = {}, {}, []
     for stage in plan.stages:
@@ -192,8 +175,7 @@ def _train_variant(plan: Plan, name: str, layout: Mapping, run_id: str | None):
             _write_json(out / STAGE_MARKER, {"fingerprint": fp, "completed": False, "overrides": overrides})
             plan.console.print(f"[bold]{name}/{stage}[/]: training ({' '.join(overrides)})")
             start = time.perf_counter()
-            with _environ(env):
-                train(stage, plan.profile, plan.params, overrides, resume=same, out_dir=out)
+            train(stage, plan.profile, plan.params, overrides, resume=same, out_dir=out, tracking=tracking)
             marker = {"fingerprint": fp, "completed": True, "overrides": overrides, "resumed": same,
                       "seconds": time.perf_counter() - start, "token": uuid.uuid4().hex}
             _write_json(out / STAGE_MARKER, marker)

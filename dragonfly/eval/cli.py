@@ -140,7 +140,13 @@ def _run_one(
 
 
 def eval_command(
-    model: Annotated[Path, typer.Option(help="Saved Dragonfly directory (save_pretrained).")],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Saved Dragonfly directory (save_pretrained), or a registered model: "
+            "models:/NAME@ALIAS or models:/NAME/VERSION."
+        ),
+    ],
     benchmark: Annotated[
         str, typer.Option(help=f"Benchmark name or 'all'. Known: {', '.join(BENCHMARKS)}.")
     ] = "all",
@@ -175,7 +181,10 @@ def eval_command(
         specs, shared = _plan(benchmark, data, root, split, source)
     except UnknownBenchmarkError as err:
         raise typer.BadParameter(str(err), param_hint="--benchmark") from None
+    from dragonfly.registry import resolve_model
     from dragonfly.tracking import Tracker
+
+    model = resolve_model(model)  # a models:/ URI becomes its downloaded directory
 
     parent = Tracker(experiment, "eval") if mlflow and len(specs) > 1 else None
     loaded = None

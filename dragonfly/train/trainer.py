@@ -23,6 +23,7 @@ from transformers import get_scheduler
 
 from dragonfly.config import Profile
 from dragonfly.errors import DragonflyError
+from dragonfly.fingerprint import record as record_fingerprint
 from dragonfly.processor import IGNORE_INDEX
 from dragonfly.train import checkpoint, state
 from dragonfly.train.config import StageConfig, stage_dir
@@ -81,8 +82,10 @@ def resume_conflicts(saved: dict | None, stage: StageConfig) -> list[str]:
 
 
 def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dataset_dir: str | Path,
-                out_dir: str | Path | None = None, resume: bool = False, tracker_factory=None) -> Path:
-    """Run one stage; returns the directory of its saved model (``<out>/final``)."""
+                out_dir: str | Path | None = None, resume: bool = False, tracker_factory=None,
+                fingerprint: str | None = None) -> Path:
+    """Run one stage; returns the directory of its saved model (``<out>/final``). Rank 0
+    records ``fingerprint`` beside it last, so only a finished stage is ever skipped."""
     out = Path(out_dir) if out_dir else stage_dir(profile, stage.name)
     ckpt_root = out / "checkpoints"
     accelerator = make_accelerator(stage)
@@ -199,6 +202,8 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
         processor.save_pretrained(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
+        if fingerprint is not None:
+            record_fingerprint(out, fingerprint, stage=stage.name)
         if tracker is not None:
             if stage.log_model_artifact:
                 tracker.log_artifacts(final, "model")

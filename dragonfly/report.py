@@ -1,0 +1,69 @@
+"""The pipeline report: evaluation metrics beside the chance level of each task, the
+registered versions and aliases, and where the runs are. Markdown for Prefect and the
+console; rows for Prefect's table artifact."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from dragonfly.eval.evaluator import PREDICTIONS_FILE
+from dragonfly.eval.scoring import read_predictions
+
+
+def majority_baseline(predictions_jsonl: str | Path) -> dict[str, float]:
+    """Per task, the accuracy of always giving that task's most common reference answer:
+    the score a model that ignores the image reaches (captions have none)."""
+    by_task: dict[str, Counter] = {}
+    for record in read_predictions(Path(predictions_jsonl)):
+        if record.task != "caption" and record.references:
+            by_task.setdefault(record.task, Counter())[record.references[0].strip().lower()] += 1
+    return {task: counts.most_common(1)[0][1] / sum(counts.values()) for task, counts in by_task.items()}
+
+
+# The metrics a person reads first; counts, BLEU-n and precision/recall stay in metrics.json.
+HEADLINE = ("accuracy", "exact_match", "token_f1", "cider", "rouge_l", "f1")
+
+
+def _chance_for(key: str, chance: dict[str, float]) -> float | None:
+    """The majority-answer level of the task an accuracy-like metric belongs to."""
+    if not key.endswith(("accuracy", "exact_match")):
+        return None
+    return next((level for task, level in chance.items() if key.startswith(task)), None)
+
+
+def report_rows(summary: dict) -> list[dict]:
+    """One row per (track, benchmark, metric), with the chance level where a task has one."""
+    rows = []
+    for track, entry in summary.get("tracks", {}).items():
+        for bench, metrics in entry.get("metrics", {}).items():
+            predictions = Path(entry["eval_dir"]) / bench / PREDICTIONS_FILE
+            chance = majority_baseline(predictions) if predictions.is_file() else {}
+            for key, value in sorted(metrics.items()):
+                if isinstance(value, int | float) and key.endswith(HEADLINE):
+                    level = _chance_for(key, chance)
+                    rows.append({"track": track, "benchmark": bench, "metric": key, "value": round(float(value), 4),
+                                 "chance": round(level, 4) if level is not None else None})
+    return rows
+
+
+def pipeline_report(summary: dict, tracking_uri: str | None = None) -> str:
+    lines = [f"# Dragonfly pipeline: profile `{summary['profile']}`", "",
+             f"Stages run: {', '.join(summary.get('stages', [])) or 'none'}.", ""]
+    rows = report_rows(summary)
+    if rows:
+        lines += ["| track | benchmark | metric | value | chance (majority answer) |", "| --- | --- | --- | ---: | ---: |"]
+        for row in rows:
+            chance = f"{row['chance']:.3f}" if row["chance"] is not None else "–"
+            lines.append(f"| {row['track']} | {row['benchmark']} | {row['metric']} | {row['value']:.3f} | {chance} |")
+        lines.append("")
+    for track, entry in summary.get("tracks", {}).items():
+        reg = entry.get("registration")
+        if reg:
+            lines.append(f"- **{track}**: registered `{reg['name']}` version {reg['version']} as `@candidate`; "
+                         f"`@champion` is version {reg['champion_version']} ({reg['reason']})")
+        lines.append(f"  model: `{entry['model']}`")
+    if summary.get("mlflow_run_id"):
+        lines += ["", f"MLflow: run `{summary['mlflow_run_id']}` in `{tracking_uri}` "
+                      "(open with `mlflow ui --backend-store-uri <uri> --host 127.0.0.1`)."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,159 @@
+"""The Prefect flow `dragonfly-pipeline`: prepare → pretrain vision (tiny) → general1 →
+general2 → evaluate general → med1 → med2 → med3 → evaluate biomedical → register.
+
+Every task calls one step function of `dragonfly.pipeline` and passes paths and plain
+values, never models. Steps skip themselves when their output records the same
+fingerprint (`dragonfly.fingerprint`), so Prefect's own result cache stays off: one skip
+rule, not two. Training tasks retry (a retried task resumes from its last checkpoint);
+an expected error (bad configuration, bad data) fails at once.
+
+Run it: `python flows/dragonfly_pipeline.py --profile tiny` (ephemeral Prefect), or
+through the deployments of `prefect.yaml` (README, "Orchestration").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from dragonfly import pipeline
+from dragonfly.errors import DragonflyError
+from dragonfly.report import pipeline_report, report_rows
+from dragonfly.tracking import Tracking, tracking_from_env
+
+GENERAL = ("general1", "general2")
+MED = ("med1", "med2", "med3")
+DEFAULT_BENCHMARKS = {"general": ["synth_general"], "med": ["synth_biomedical"]}
+
+
+def retry_unless_expected(task, task_run, state) -> bool:
+    """Retry a crash (a killed worker, transient I/O), never a DragonflyError: a bad key or
+    bad data fails the same way every time, so it fails once, with its message."""
+    error = state.data if isinstance(state.data, BaseException) else None
+    return not isinstance(error, DragonflyError)
+
+
+def _log(message: str) -> None:
+    get_run_logger().info(message)
+
+
+@task(name="prepare", cache_policy=NO_CACHE)
+def prepare_task(params: str) -> dict[str, str]:
+    return {name: str(path) for name, path in pipeline.prepare_data(params).items()}
+
+
+@task(name="pretrain-vision", cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_unless_expected)
+def pretrain_task(profile: str, params: str, sets: list[str], tracking: Tracking | None) -> str:
+    out, _ = pipeline.pretrain_vision(profile, params, sets, progress=False, tracking=tracking)
+    return str(out)
+
+
+@task(name="train", cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_unless_expected,
+      task_run_name="train-{stage}")
+def train_task(stage: str, profile: str, params: str, sets: list[str], tracking: Tracking | None) -> str:
+    return str(pipeline.train(stage, profile, params, resume=True, sets=sets, tracking=tracking, log=_log))
+
+
+@task(name="evaluate", cache_policy=NO_CACHE, task_run_name="evaluate-{track}")
+def evaluate_task(track: str, model_dir: str, benchmarks: list[str], params: str, out_dir: str,
+                  limit: int | None, tracking: Tracking | None) -> dict:
+    return pipeline.evaluate(model_dir, benchmarks, params, out_dir, limit, tracking=tracking, progress=False,
+                             log=_log)
+
+
+@task(name="register", cache_policy=NO_CACHE, task_run_name="register-{track}")
+def register_task(track: str, model_dir: str, metrics: dict, params: str, tracking: Tracking | None) -> dict:
+    return pipeline.register(track, model_dir, metrics, params, tracking=tracking, log=_log)
+
+
+def _wanted(stages: list[str] | None, profile: str, params: str) -> list[str]:
+    known = pipeline.load_settings(params, profile).profile.stages
+    order = [s for s in (*GENERAL, *MED) if s in known]
+    chosen = order if not stages else [s for s in order if s in stages]
+    unknown = sorted(set(stages or ()) - set(order))
+    if unknown:
+        raise DragonflyError(f"unknown stage(s) {', '.join(unknown)}; the profile has {', '.join(order)}")
+    return chosen
+
+
+@flow(name="dragonfly-pipeline", log_prints=True)
+def dragonfly_pipeline(profile: str = "tiny", stages: list[str] | None = None, overrides: list[str] | None = None,
+                       benchmarks: dict[str, list[str]] | None = None, eval_limit: int | None = None,
+                       register: bool = True, params: str = "params.yaml", eval_dir: str = "eval",
+                       tracking_uri: str | None = None) -> dict:
+    """Run the pipeline of PROFILE. ``stages``: a subset to run (the others are read from
+    their outputs); ``overrides``: ``--set``-style keys (``stages.general2.max_steps=50``);
+    ``benchmarks``: ``{"general": [...], "med": [...]}``. Returns the evaluation metrics and
+    registrations per track."""
+    sets = list(overrides or [])
+    settings = pipeline.load_settings(params, profile, sets)  # a bad key fails here, before any work
+    chosen = _wanted(stages, profile, params)
+    benchmarks = {**DEFAULT_BENCHMARKS, **(benchmarks or {})}
+    base = Tracking(tracking_uri) if tracking_uri else tracking_from_env()
+    parent = base.tracker(f"dragonfly-{profile}", "pipeline", tags={"dragonfly.profile": profile}) if base else None
+    tracking = base.under(parent.run_id) if parent else None
+    status, summary = "FAILED", {"profile": profile, "stages": chosen, "tracks": {}}
+    try:
+        prepare_task(params)
+        model = settings.profile.model
+        if model.source == "tiny" and model.tiny.vision_from:
+            pretrain_task(profile, params, sets, tracking)
+        finals: dict[str, str] = {}
+        for stage in chosen:
+            finals[stage] = train_task(stage, profile, params, sets, tracking)
+        for track, last in (("general", "general2"), ("med", "med3")):
+            if last not in finals:
+                continue  # that track's last stage did not run in this flow run
+            final = Path(finals[last])
+            metrics = evaluate_task(track, str(final), benchmarks[track], params, f"{eval_dir}/{track}", eval_limit,
+                                    tracking)
+            entry = {"model": str(final), "metrics": metrics, "eval_dir": f"{eval_dir}/{track}"}
+            if register:
+                entry["registration"] = register_task(track, str(final), metrics, params, tracking)
+            summary["tracks"][track] = entry
+        summary["mlflow_run_id"] = parent.run_id if parent else None
+        report = pipeline_report(summary, tracking.uri if tracking else None)
+        create_markdown_artifact(key="dragonfly-report", markdown=report, description="Dragonfly pipeline report")
+        rows = report_rows(summary)
+        if rows:
+            create_table_artifact(key="dragonfly-metrics", table=rows, description="Evaluation metrics")
+        summary["report"] = report
+        status = "FINISHED"
+        return summary
+    finally:
+        if parent is not None:
+            parent.finish(status)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python flows/dragonfly_pipeline.py`: the flow in Prefect's ephemeral mode; prints the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="tiny")
+    parser.add_argument("--stage", action="append", dest="stages", help="run only these stages (repeatable)")
+    parser.add_argument("--set", action="append", dest="overrides", default=[], help="dotted override")
+    parser.add_argument("--eval-limit", type=int, default=None)
+    parser.add_argument("--no-register", action="store_true")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    try:
+        # The flow checks this too; checking first keeps a typo to one line, without a flow run.
+        pipeline.load_settings(args.params, args.profile, args.overrides)
+        _wanted(args.stages, args.profile, args.params)
+        summary = dragonfly_pipeline(args.profile, args.stages, args.overrides, None, args.eval_limit,
+                                     not args.no_register, args.params)
+    except DragonflyError as err:
+        if os.environ.get("DRAGONFLY_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    print(summary["report"])
+
+
+if __name__ == "__main__":
+    main()

@@ -60,11 +60,32 @@ def recorded(out_dir: str | Path) -> str | None:
         return None
 
 
-def record(out_dir: str | Path, value: str, **details: Any) -> None:
+def record(out_dir: str | Path, value: str, outputs: str | Path | None = None, **details: Any) -> None:
     """Write the fingerprint beside the output, atomically (written last: a step that died
-    before this point is never mistaken for a finished one)."""
-    path = Path(out_dir) / RECORD
+    before this point is never mistaken for a finished one), with the size of every file
+    under ``outputs`` so an output damaged or deleted later is not taken as done."""
+    out_dir = Path(out_dir)
+    files = {}
+    if outputs is not None:
+        files = {p.relative_to(out_dir).as_posix(): p.stat().st_size
+                 for p in sorted(Path(outputs).rglob("*")) if p.is_file() and not p.name.startswith("fingerprint.")}
+    path = out_dir / RECORD
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"fingerprint": value, **details}, indent=1, sort_keys=True, default=str))
+    tmp.write_text(json.dumps({"fingerprint": value, "files": files, **details}, indent=1, sort_keys=True,
+                              default=str))
     tmp.replace(path)
+
+
+def up_to_date(out_dir: str | Path, value: str) -> bool:
+    """True when ``out_dir`` records ``value`` and every output file it listed is still there
+    with its size: the one test of "skip this step"."""
+    out_dir = Path(out_dir)
+    try:
+        saved = json.loads((out_dir / RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(saved, dict) or saved.get("fingerprint") != value or not saved.get("files"):
+        return False
+    return all((out_dir / name).is_file() and (out_dir / name).stat().st_size == size
+               for name, size in saved["files"].items())

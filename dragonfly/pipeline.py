@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dragonfly.config import DEFAULT_PARAMS, Profile, from_dict, load_profile, split_overrides
 from dragonfly.data.config import DataConfig, load_data_config
-from dragonfly.fingerprint import file_digest, fingerprint, record, recorded
+from dragonfly.fingerprint import file_digest, fingerprint, record, recorded, up_to_date
 from dragonfly.tracking import Tracking
 from dragonfly.train.config import (
     BackbonePretrainConfig,
@@ -147,7 +147,7 @@ def train(stage: str, profile: str = "tiny", params: str | Path = DEFAULT_PARAMS
     fp = fingerprint(_stage_config(settings.profile, stage_cfg),
                      {"data": file_digest(dataset_dir.parent / MANIFEST), "init": _init_fingerprint(settings.profile, stage_cfg)},
                      TRAIN_CODE)
-    if not force and recorded(out) == fp and (out / "final" / "config.json").is_file():
+    if not force and up_to_date(out, fp):
         if log is not None:
             log(f"stage {stage}: up to date ({out / 'final'}); skipped (--force retrains)")
         return out / "final"
@@ -196,7 +196,7 @@ def evaluate(model_dir: str | Path, benchmarks: list[str], params: str | Path = 
     fp = fingerprint(settings, {"model": recorded(model_dir.parent) or file_digest(model_dir / "config.json")},
                      EVAL_CODE)
     summary_path = out_dir / "summary.json"
-    if not force and recorded(out_dir) == fp and summary_path.is_file():
+    if not force and up_to_date(out_dir, fp):
         log(f"evaluation of {model_dir}: up to date ({summary_path}); skipped")
         return json.loads(summary_path.read_text())
     loaded = load(model_dir)
@@ -213,7 +213,7 @@ def evaluate(model_dir: str | Path, benchmarks: list[str], params: str | Path = 
                 tracker.finish(status)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    record(out_dir, fp, model=str(model_dir), **settings)
+    record(out_dir, fp, out_dir, model=str(model_dir), **settings)
     return results
 
 

@@ -203,7 +203,7 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         if fingerprint is not None:
-            record_fingerprint(out, fingerprint, stage=stage.name)
+            record_fingerprint(out, fingerprint, final, stage=stage.name)
         if tracker is not None:
             if stage.log_model_artifact:
                 tracker.log_artifacts(final, "model")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -30,6 +29,7 @@ from dragonfly.tracking import Tracking, tracking_from_env
 GENERAL = ("general1", "general2")
 MED = ("med1", "med2", "med3")
 DEFAULT_BENCHMARKS = {"general": ["synth_general"], "med": ["synth_biomedical"]}
+TRACK_ENDS = {"general2": "general", "med3": "med"}  # the stage whose model a track evaluates
 
 
 def retry_unless_expected(task, task_run, state) -> bool:
@@ -104,18 +104,16 @@ def dragonfly_pipeline(profile: str = "tiny", stages: list[str] | None = None, o
         model = settings.profile.model
         if model.source == "tiny" and model.tiny.vision_from:
             pretrain_task(profile, params, sets, tracking)
-        finals: dict[str, str] = {}
         for stage in chosen:
-            finals[stage] = train_task(stage, profile, params, sets, tracking)
-        for track, last in (("general", "general2"), ("med", "med3")):
-            if last not in finals:
-                continue  # that track's last stage did not run in this flow run
-            final = Path(finals[last])
-            metrics = evaluate_task(track, str(final), benchmarks[track], params, f"{eval_dir}/{track}", eval_limit,
-                                    tracking)
-            entry = {"model": str(final), "metrics": metrics, "eval_dir": f"{eval_dir}/{track}"}
+            final = train_task(stage, profile, params, sets, tracking)
+            track = TRACK_ENDS.get(stage)  # general after general2, biomedical after med3
+            if track is None:
+                continue
+            out = f"{eval_dir}/{track}"
+            metrics = evaluate_task(track, final, benchmarks[track], params, out, eval_limit, tracking)
+            entry = {"model": final, "metrics": metrics, "eval_dir": out}
             if register:
-                entry["registration"] = register_task(track, str(final), metrics, params, tracking)
+                entry["registration"] = register_task(track, final, metrics, params, tracking)
             summary["tracks"][track] = entry
         summary["mlflow_run_id"] = parent.run_id if parent else None
         report = pipeline_report(summary, tracking.uri if tracking else None)

@@ -46,8 +46,7 @@ MODEL_DIR_TAG = "dragonfly.model_dir"
 DIRECTIONS = ("maximize", "minimize")
 # A registered version's artifacts never change, so a download keyed by name + version can
 # be reused. It lives in the working directory (the project, as with runs/ and mlruns/)
-# rather than the home directory, and DRAGONFLY_MODEL_CACHE moves it (e.g. to a tempdir).
-CACHE_ENV = "DRAGONFLY_MODEL_CACHE"
+# rather than the home directory; `resolve_model(cache=...)` moves it.
 DEFAULT_CACHE = Path(".dragonfly-models")
 PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 SOURCE_FILE = ".mlflow-source"  # which store's version a cached copy came from
@@ -380,10 +379,10 @@ def is_registry_uri(ref: str | Path) -> bool:
     return str(ref).startswith("models:/")
 
 
-def resolve_model(ref: str | Path, uri: str | None = None) -> Path:
+def resolve_model(ref: str | Path, uri: str | None = None, cache: str | Path = DEFAULT_CACHE) -> Path:
     """A local ``save_pretrained`` directory for ``ref``: a path is returned as is (its
     checks are ``inference.load``'s); ``models:/name@alias`` or ``models:/name/3`` is
-    downloaded once into ``./.dragonfly-models/<name>/<version>`` (see CACHE_ENV)."""
+    downloaded once into ``<cache>/<name>/<version>`` (default ``./.dragonfly-models``)."""
     if not is_registry_uri(ref):
         return Path(ref)
     match = _URI.match(str(ref))
@@ -392,7 +391,7 @@ def resolve_model(ref: str | Path, uri: str | None = None) -> Path:
     with _quiet_mlflow():
         client = _client(uri)
         version = _find_version(client, match["name"], match["alias"], match["version"])
-        return _download(version, uri or tracking_uri())
+        return _download(version, uri or tracking_uri(), Path(cache))
 
 
 def _find_version(client, name: str, alias: str | None, number: str | None):
@@ -418,17 +417,13 @@ def _find_version(client, name: str, alias: str | None, number: str | None):
     return client.get_model_version(name, model.aliases[alias] if alias else number)
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
-
-
-def _download(version, uri: str) -> Path:
+def _download(version, uri: str, cache: Path) -> Path:
     """The version's ``model_dir`` artifact, downloaded once. A cached copy is reused only
     when it came from the same source (another store may have its own "dragonfly" v1), and
     a download lands in a temporary sibling first so an interrupted one is never reused."""
     from mlflow.artifacts import download_artifacts
 
-    target = _cache_root() / version.name / str(version.version)
+    target = cache / version.name / str(version.version)
     stamp = target / SOURCE_FILE
     if stamp.is_file() and stamp.read_text(encoding="utf-8") == version.source:
         return target / ARTIFACT

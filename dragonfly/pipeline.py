@@ -24,6 +24,7 @@ from dragonfly.train.config import (
 MODEL_CODE = ("modeling.py", "processing.py", "zoom.py", "processor.py", "build.py", "tiny.py", "weights.py",
               "inference.py", "config.py")
 TRAIN_CODE = (*MODEL_CODE, "train", "data")
+TOWER_CODE = ("train/backbone.py", "train/config.py", "tiny.py", "processing.py", "data/synth.py")
 EVAL_CODE = (*MODEL_CODE, "eval", "metrics", "data")
 
 
@@ -103,19 +104,18 @@ def pretrain_vision(profile: str = "tiny", params: str | Path | None = DEFAULT_P
                           "set model.source=tiny and model.tiny.vision_from=<dir>")
     cfg = from_dict(BackbonePretrainConfig, prof.vision_pretrain, "vision_pretrain.")
     out = Path(spec.vision_from)
-    record = out / "pretrain.json"
     # What the saved tower depends on: its own sizes, the tiling it was trained on and the
     # feature layer; not the LLM's sizes nor the output path.
     vision = {k: getattr(spec, k) for k in ("tile_size", "patch_size", "vision_hidden", "vision_layers", "vision_heads")}
     wanted = {**asdict(cfg), "tower": vision, "feature_layer": layout.vision_feature_layer,
               "medium_grids": [list(g) for g in layout.medium_grids], "high_grids": [list(g) for g in layout.high_grids]}
-    if record.is_file() and not force:
-        saved = json.loads(record.read_text())
-        if saved.get("config") == wanted:
-            return out, saved["metrics"]
+    fp = fingerprint(wanted, code=TOWER_CODE)
+    if not force and up_to_date(out, fp):
+        return out, json.loads((out / "pretrain.json").read_text())["metrics"]
     tiling = TilingSpec(tile_size=spec.tile_size, medium_grids=layout.medium_grids, high_grids=layout.high_grids)
     tower, metrics = pretrain(spec, tiling, cfg, layout.vision_feature_layer, progress=progress)
     save_backbone(tower, out, metrics, wanted)
+    record(out, fp, out, step="vision_pretrain")
     if tracking is not None:
         tracker = tracking.tracker(f"dragonfly-{prof.name}", "vision_pretrain",
                                    tags={"dragonfly.stage": "vision_pretrain", "dragonfly.profile": prof.name})
@@ -169,7 +169,9 @@ def _stage_config(profile: Profile, stage: StageConfig) -> dict:
 def _init_fingerprint(profile: Profile, stage: StageConfig) -> str:
     """The recorded fingerprint of the model a stage starts from (its stage folder holds it)."""
     if stage.init_from == "init":
-        return "init"
+        # A stage built from the profile also depends on the pretrained tower it loads.
+        tower = profile.model.tiny.vision_from if profile.model.source == "tiny" else None
+        return f"init:{recorded(tower)}" if tower else "init"
     given = Path(stage.init_from)
     final = given if given.exists() else stage_dir(profile, stage.init_from) / "final"
     config = final / "config.json"

@@ -1,8 +1,8 @@
 """The training state inside a checkpoint, written and read without arbitrary unpickling.
 
-accelerate's ``save_state``/``load_state`` pickle the scheduler and RNG states and load them
-with ``weights_only=False``, so a file planted in a checkpoint would run on ``--resume``.
-Here every file has a format that cannot carry code, or is read with ``weights_only=True``:
+accelerate's ``save_state``/``load_state`` pickle the scheduler and RNG states and unpickle
+them in full, which is why they are not used. Here every file has a format that cannot
+carry code, or is read with ``weights_only=True``:
 
 =========================  =======================================  =========================
 file                       written by                               read by
@@ -11,8 +11,8 @@ file                       written by                               read by
 ``optimizer.pt``           rank 0, ``torch.save(state_dict)``        ``torch.load(weights_only)``
 ``scheduler.json``         rank 0, ``json`` of ``state_dict()``      ``json``
 ``rng_<rank>.json``        every rank: python, numpy, torch, CUDA    ``json``
-``deepspeed/state/*.pt``   DeepSpeed path only: the engine (all       the engine, after every
-                           ranks), model + ZeRO optimiser shards      file passed ``weights_only``
+``deepspeed/state/*.pt``   DeepSpeed path only: the engine (all       the engine, its reads
+                           ranks), model + ZeRO optimiser shards      routed to ``safe_load``
 =========================  =======================================  =========================
 
 With DDP the model and optimiser are identical on every rank, so rank 0 writes them and every
@@ -22,10 +22,11 @@ rank reads them; the RNG differs per rank, so each rank writes and reads its own
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -113,16 +114,31 @@ def _load_deepspeed(directory: Path, engine) -> None:
             f"{directory} has no {DEEPSPEED_DIR}/{DEEPSPEED_TAG} (written without "
             "DeepSpeed?); resume it on the engine that wrote it"
         )
-    # DeepSpeed reads these with weights_only=False; checkpoint.problem() loaded each one with
-    # weights_only=True (plus DeepSpeed's four classes) moments ago, on rank 0.
-    path, _ = engine.load_checkpoint(
-        str(directory / DEEPSPEED_DIR),
-        tag=DEEPSPEED_TAG,
-        load_optimizer_states=True,
-        load_lr_scheduler_states=False,
-    )
+    with _safe_reads(engine):
+        path, _ = engine.load_checkpoint(
+            str(directory / DEEPSPEED_DIR),
+            tag=DEEPSPEED_TAG,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=False,
+        )
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load {directory / DEEPSPEED_DIR}")
+
+
+@contextlib.contextmanager
+def _safe_reads(engine) -> Iterator[None]:
+    """Route the engine's checkpoint reads through ``safe_load`` for one load.
+
+    DeepSpeed's ``TorchCheckpointEngine.load`` unpickles in full; every model and ZeRO
+    optimiser file of a (non-MoE) load goes through ``engine.checkpoint_engine.load``, so
+    replacing that one method makes DeepSpeed itself read with ``weights_only=True`` (plus
+    its four classes), with no gap between a check and the real read."""
+    reader = engine.checkpoint_engine
+    reader.load = lambda path, map_location=None: safe_load.load(path, deepspeed=True)
+    try:
+        yield
+    finally:
+        del reader.load  # back to the class's method
 
 
 def capture_rng() -> dict:

@@ -226,14 +226,14 @@ def test_real_deepspeed_checkpoint_passes_the_check(tmp_path):
         "TORCH_EXTENSIONS_DIR": str(_repo() / ".torch_extensions"),
     }
     result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "ds")],
+        [sys.executable, str(script), str(tmp_path / "ds"), str(tmp_path / "MARKER")],
         env=env,
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    files = sorted((tmp_path / "ds" / "state").glob("*.pt"))
+    files = sorted((tmp_path / "ds" / "deepspeed" / "state").glob("*.pt"))
     assert [f.name for f in files] == [
         "mp_rank_00_model_states.pt",
         "zero_pp_rank_0_mp_rank_00_optim_states.pt",
@@ -241,6 +241,10 @@ def test_real_deepspeed_checkpoint_passes_the_check(tmp_path):
     for path in files:
         assert safe_load.refusal(path, deepspeed=True) is None
     assert "LossScaler" in safe_load.refusal(files[1], deepspeed=False)
+    # The engine itself read both files back through safe_load, then refused a planted payload
+    # (the writer script loads, plants, loads again; see _DEEPSPEED_WRITER).
+    assert "clean load ok" in result.stdout and "payload refused" in result.stdout
+    assert not (tmp_path / "MARKER").exists()
 
 
 def _repo() -> pathlib.Path:
@@ -256,5 +260,28 @@ config = {"train_batch_size": 2, "train_micro_batch_size_per_gpu": 2, "gradient_
 engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters()), config=config)
 engine.backward(engine(torch.randn(2, 8)).sum())
 engine.step()
-engine.save_checkpoint(sys.argv[1], tag="state", save_latest=False)
+engine.save_checkpoint(sys.argv[1] + "/deepspeed", tag="state", save_latest=False)
+
+import pathlib
+from dragonfly.train import state
+saved = [p.detach().clone() for p in engine.module.parameters()]
+for p in engine.module.parameters():
+    p.data.zero_()
+state._load_deepspeed(pathlib.Path(sys.argv[1]), engine)
+assert all(torch.equal(a, b) for a, b in zip(saved, engine.module.parameters()))
+assert "load" not in vars(engine.checkpoint_engine)  # the engine's own reader is back
+print("clean load ok")
+
+class Payload:
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(sys.argv[2]),))
+
+import shutil
+planted = pathlib.Path(sys.argv[1] + "-planted")
+shutil.copytree(sys.argv[1], planted)
+torch.save({"optimizer_state_dict": Payload()}, planted / "deepspeed/state/zero_pp_rank_0_mp_rank_00_optim_states.pt")
+try:
+    state._load_deepspeed(planted, engine)
+except Exception as err:
+    print("payload refused:", type(err).__name__)
 """

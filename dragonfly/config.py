@@ -82,6 +82,7 @@ class Profile:
 
 
 PROFILE_KEYS = ("model", "stages", "vision_pretrain", "runs_dir")
+LAYOUT_KEYS = tuple(f.name for f in dataclasses.fields(Layout))  # what an ablation or stage may change
 
 
 def _resolve_type(tp):
@@ -164,7 +165,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:
     for name, layout in (tree.get("ablations") or {}).items():
         if not isinstance(layout, dict):
             raise ConfigError(f"ablations.{name}: expected a mapping of layout keys")
-        check_keys(layout, {f.name for f in dataclasses.fields(Layout)}, f"ablations.{name}.")
+        check_keys(layout, LAYOUT_KEYS, f"ablations.{name}.")
     return tree
 
 

@@ -174,9 +174,13 @@ def _init_fingerprint(profile: Profile, stage: StageConfig) -> str:
         return f"init:{recorded(tower)}" if tower else "init"
     given = Path(stage.init_from)
     final = given if given.exists() else stage_dir(profile, stage.init_from) / "final"
-    config = final / "config.json"
-    # A model from elsewhere (no record): named by its config file, never re-read in full.
-    return recorded(final.parent) or f"{final}:{file_digest(config)}"
+    return model_fingerprint(final)
+
+
+def model_fingerprint(final: Path) -> str:
+    """A saved model's identity: the fingerprint its stage recorded, or, for a model from
+    elsewhere, its path and config file (never the multi-GB weights read in full)."""
+    return recorded(final.parent) or f"{final}:{file_digest(final / 'config.json')}"
 
 
 def evaluate(model_dir: str | Path, benchmarks: list[str], params: str | Path = DEFAULT_PARAMS,
@@ -195,8 +199,7 @@ def evaluate(model_dir: str | Path, benchmarks: list[str], params: str | Path = 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     root = Path(load_data_config(params).root)
     settings = {"benchmarks": list(benchmarks), "limit": limit, "root": str(root)}
-    fp = fingerprint(settings, {"model": recorded(model_dir.parent) or file_digest(model_dir / "config.json")},
-                     EVAL_CODE)
+    fp = fingerprint(settings, {"model": model_fingerprint(model_dir)}, EVAL_CODE)
     summary_path = out_dir / "summary.json"
     if not force and up_to_date(out_dir, fp):
         log(f"evaluation of {model_dir}: up to date ({summary_path}); skipped")
@@ -242,8 +245,8 @@ def register(track: str, model_dir: str | Path, metrics: dict[str, dict], params
     cfg, model_dir = tracks[track], Path(model_dir)
     flat = {f"{bench}.{key}": float(value) for bench, values in metrics.items() for key, value in values.items()
             if isinstance(value, int | float) and not isinstance(value, bool)}
-    fp = fingerprint(asdict(cfg), {"model": recorded(model_dir.parent) or file_digest(model_dir / "config.json"),
-                                   "metrics": str(sorted(flat.items()))}, ("registry.py",))
+    fp = fingerprint(asdict(cfg), {"model": model_fingerprint(model_dir), "metrics": str(sorted(flat.items()))},
+                     ("registry.py",))
     if (done := _registered(cfg.model, fp, tracking.uri)) is not None:
         log(f"{cfg.model} version {done['version']}: already registered with these metrics; skipped")
         return done

@@ -72,8 +72,8 @@ def register_task(track: str, model_dir: str, metrics: dict, params: str, tracki
     return pipeline.register(track, model_dir, metrics, params, tracking=tracking, log=_log)
 
 
-def _wanted(stages: list[str] | None, profile: str, params: str) -> list[str]:
-    known = pipeline.load_settings(params, profile).profile.stages
+def _wanted(stages: list[str] | None, known: dict) -> list[str]:
+    """The stages to run, in pipeline order; an unknown name is an error."""
     order = [s for s in (*GENERAL, *MED) if s in known]
     chosen = order if not stages else [s for s in order if s in stages]
     unknown = sorted(set(stages or ()) - set(order))
@@ -93,7 +93,7 @@ def dragonfly_pipeline(profile: str = "tiny", stages: list[str] | None = None, o
     registrations per track."""
     sets = list(overrides or [])
     settings = pipeline.load_settings(params, profile, sets)  # a bad key fails here, before any work
-    chosen = _wanted(stages, profile, params)
+    chosen = _wanted(stages, settings.profile.stages)
     benchmarks = {**DEFAULT_BENCHMARKS, **(benchmarks or {})}
     base = Tracking(tracking_uri) if tracking_uri else tracking_from_env()
     parent = base.tracker(f"dragonfly-{profile}", "pipeline", tags={"dragonfly.profile": profile}) if base else None
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         # The flow checks this too; checking first keeps a typo to one line, without a flow run.
-        pipeline.load_settings(args.params, args.profile, args.overrides)
-        _wanted(args.stages, args.profile, args.params)
+        settings = pipeline.load_settings(args.params, args.profile, args.overrides)
+        _wanted(args.stages, settings.profile.stages)
         summary = dragonfly_pipeline(args.profile, args.stages, args.overrides, None, args.eval_limit,
                                      not args.no_register, args.params)
     except DragonflyError as err:

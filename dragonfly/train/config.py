@@ -11,7 +11,7 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dragonfly.config import ConfigError, Layout, Profile, check_keys, from_dict, set_dotted
+from dragonfly.config import LAYOUT_KEYS, ConfigError, Profile, check_keys, from_dict, set_dotted
 from dragonfly.errors import close_match
 
 PARTS = ("projector", "vision", "llm")
@@ -58,7 +58,7 @@ class StageConfig:
 
     def validate(self) -> None:
         # Only layout keys: a stage must not overwrite e.g. the model's image_token_id.
-        check_keys(self.layout, Layout.__dataclass_fields__, f"stages.{self.name}.layout.")
+        check_keys(self.layout, LAYOUT_KEYS, f"stages.{self.name}.layout.")
         unknown = sorted(set(self.train) - set(PARTS))
         if unknown or not self.train:
             raise ConfigError(f"stage {self.name}: train must list parts from {PARTS}, got {self.train}")

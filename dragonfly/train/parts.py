@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from dragonfly.build import build_model, make_processor
-from dragonfly.config import ConfigError, Layout, Profile, check_keys, from_dict
+from dragonfly.config import ConfigError, Profile, from_dict
 from dragonfly.inference import CheckpointError, load
 from dragonfly.train.config import StageConfig, stage_dir
 
@@ -42,8 +42,8 @@ def start_model(profile: Profile, stage: StageConfig):
 
 def apply_layout(model, processor, layout: dict, where: str = "layout."):
     """Change the tiling/selection of a loaded model (ablations); parameters are untouched.
-    Only `Layout` keys may change, so a stage cannot overwrite e.g. ``image_token_id``."""
-    check_keys(layout, {f.name for f in dataclasses.fields(Layout)}, where)
+    ``layout`` holds only `Layout` keys (``StageConfig.validate`` checks), so a stage cannot
+    overwrite e.g. ``image_token_id``."""
     if "projector_type" in layout and layout["projector_type"] != model.config.projector_type:
         raise ConfigError(f"{where}projector_type cannot change after initialisation (it changes the parameters)")
     for key, value in layout.items():

@@ -177,7 +177,8 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
         if not last:
             continue
         grad_norm = accelerator.clip_grad_norm_(params, stage.grad_clip)
-        stepped_finitely = grad_norm is None or _all_finite(accelerator, grad_norm)  # None: DeepSpeed clips
+        # The norm of all-reduced gradients is the same on every rank: no collective needed.
+        stepped_finitely = grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm)).all())  # None: DeepSpeed
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

@@ -160,3 +160,9 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_missing_training_data_is_one_line_naming_the_fix(tmp_path):
     params_in(tmp_path)
     one_line_error(run("train", "--stage", "general1", cwd=tmp_path), "tiny_general", "dragonfly data build")
+
+
+def test_a_missing_source_file_is_one_line_naming_it_and_the_fix(tmp_path):
+    params_in(tmp_path)  # no `data synth` yet: the mixture's source file does not exist
+    one_line_error(run("data", "build", "--mixture", "tiny_general", cwd=tmp_path),
+                   "data/synth/general/samples.jsonl", "nothing exists", "dragonfly prepare")

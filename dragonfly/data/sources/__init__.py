@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dragonfly.config import ConfigError
-from dragonfly.data.quarantine import Converted, with_stage
+from dragonfly.data.quarantine import Converted, ConverterError, with_stage
 from dragonfly.data.sources import (
     biocaption,
     coco,
@@ -79,5 +79,9 @@ def convert(fmt: str, path: Path, root: Path, **options: Any) -> Converted:
             f"known: {', '.join(sorted(FORMATS))}"
         )
     _check_options(fmt, options)
+    if not Path(path).exists():  # one message for every converter, before any of them runs
+        error = ConverterError(path, f"the {fmt} source here, but nothing exists at this path")
+        error.hint = "check the source's path; the synthetic data is written by `dragonfly prepare`"
+        raise error
     result = FORMATS[fmt](path, root, **options)
     return Converted(result.samples, with_stage(result.rejections, "convert"))

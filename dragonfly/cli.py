@@ -59,17 +59,11 @@ def init(
     override: list[str] = SetOption,
 ):
     """Build a model for PROFILE (random tiny init, or backbones) and save it to OUT."""
-    from dragonfly.build import build_model
-    from dragonfly.pipeline import load_settings
+    from dragonfly.pipeline import init_model
 
-    prof = load_settings(params, profile, override).profile
-    model, processor = build_model(prof.model)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    cfg = model.config
+    cfg, count = init_model(out, profile, params, override)
     console.print(
-        f"[green]wrote[/] {out}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"[green]wrote[/] {out}: {count:,} parameters, "
         f"{cfg.num_encoded_tiles} tiles encoded, {cfg.num_kept_tiles} kept, "
         f"{cfg.image_seq_length} positions per image"
     )
@@ -204,7 +198,7 @@ def ablate(
                                                      "<stage>.key=value for one, e.g. general2.max_steps=300."),
 ):
     """Train and evaluate the paper's ablation variants; write ablation.md/.csv/.json (Tables 1, 5, 6)."""
-    from dragonfly.eval.ablate import run_ablation
+    from dragonfly.pipeline import ablate as run_ablation
 
     result = run_ablation(variant or None, profile, params, out, overrides or [],
                           tuple(stage) or ("general1", "general2"), tuple(benchmark) or ("synth_general",),

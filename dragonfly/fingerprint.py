@@ -51,6 +51,15 @@ def fingerprint(config: Any, inputs: Mapping[str, str] | None = None, code: tupl
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def details(out_dir: str | Path) -> dict:
+    """Everything ``out_dir``'s record holds (fingerprint, files, the step's details), or {}."""
+    try:
+        saved = json.loads((Path(out_dir) / RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def recorded(out_dir: str | Path) -> str | None:
     """The fingerprint ``out_dir`` records, or None when it records none."""
     path = Path(out_dir) / RECORD

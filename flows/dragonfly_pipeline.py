@@ -43,7 +43,9 @@ def _log(message: str) -> None:
     get_run_logger().info(message)
 
 
-@task(name="prepare", cache_policy=NO_CACHE)
+# log_prints off: dill (under `datasets`) disassembles functions into a captured stdout,
+# which Prefect would otherwise log line by line.
+@task(name="prepare", cache_policy=NO_CACHE, log_prints=False)
 def prepare_task(params: str) -> dict[str, str]:
     return {name: str(path) for name, path in pipeline.prepare_data(params).items()}
 
@@ -57,7 +59,7 @@ def pretrain_task(profile: str, params: str, sets: list[str], tracking: Tracking
 @task(name="train", cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_unless_expected,
       task_run_name="train-{stage}")
 def train_task(stage: str, profile: str, params: str, sets: list[str], tracking: Tracking | None) -> str:
-    return str(pipeline.train(stage, profile, params, resume=True, sets=sets, tracking=tracking, log=_log))
+    return str(pipeline.train(stage, profile, params, resume="auto", sets=sets, tracking=tracking, log=_log))
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, task_run_name="evaluate-{track}")

@@ -86,6 +86,7 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
                 fingerprint: str | None = None) -> Path:
     """Run one stage; returns the directory of its saved model (``<out>/final``). Rank 0
     records ``fingerprint`` beside it last, so only a finished stage is ever skipped."""
+    began = time.perf_counter()
     out = Path(out_dir) if out_dir else stage_dir(profile, stage.name)
     ckpt_root = out / "checkpoints"
     accelerator = make_accelerator(stage)
@@ -114,6 +115,12 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
     found = _agreed_resume_point(accelerator, ckpt_root, console.print) if resume else None
     if found is not None:
         saved = checkpoint.read_state(found)
+        if fingerprint is not None and saved.get("fingerprint") not in (None, fingerprint):
+            # Same stage config, other inputs (a retrained previous stage, a rebuilt mixture):
+            # continuing would mix two runs into one model.
+            raise TrainingError(f"stage {stage.name}: cannot resume {found}: it was trained from other inputs "
+                                f"(fingerprint {saved['fingerprint'][:12]} vs {fingerprint[:12]}); train into a "
+                                f"fresh --out (or delete {ckpt_root})")
         if conflicts := resume_conflicts(saved.get("config"), stage):
             raise TrainingError(f"stage {stage.name}: cannot resume {found} with a different configuration "
                                 f"({'; '.join(conflicts)}); restore those values, or train into a fresh --out "
@@ -146,7 +153,8 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
         accelerator.wait_for_everyone()
         if main:
             checkpoint.commit(tmp, {"step": step, "stage": stage.name, "mlflow_run_id": tracker.run_id if tracker else None,
-                                    "total_steps": total, "config": dataclasses.asdict(stage)}, stage.keep_last, hashes)
+                                    "total_steps": total, "config": dataclasses.asdict(stage),
+                                    "fingerprint": fingerprint}, stage.keep_last, hashes)
         accelerator.wait_for_everyone()
 
     model.train()
@@ -204,7 +212,7 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         if fingerprint is not None:
-            record_fingerprint(out, fingerprint, final, stage=stage.name)
+            record_fingerprint(out, fingerprint, final, stage=stage.name, seconds=round(time.perf_counter() - began, 3))
         if tracker is not None:
             if stage.log_model_artifact:
                 tracker.log_artifacts(final, "model")

@@ -22,6 +22,8 @@ def make_flow_workspace(root: Path) -> Path:
     for synth in tree["data"]["synth"]:
         synth.update(n_train=8, n_validation=2, n_test=2)
     tree["profiles"]["tiny"]["model"]["tiny"]["vision_from"] = None  # no tower pretraining: seconds, not minutes
+    # A metric the tests order through --eval-limit (test_flow_runs), not by training.
+    tree["registry"]["general"]["metric"] = "synth_general.n"
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     shutil.copytree(REPO / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
@@ -51,6 +53,7 @@ def flow():
     """``flow(root, *args)`` runs flows/dragonfly_pipeline.py in ``root``; ``flow.budget`` are
     the --set overrides of a CI-sized run."""
     run_flow.budget = BUDGET
+    run_flow.env = flow_env
     return run_flow
 
 

@@ -20,8 +20,8 @@ from dragonfly.config import Layout, from_dict, load_profile
 from dragonfly.data.config import DataConfig
 from dragonfly.data.mixture import build_mixture
 from dragonfly.data.synth import SynthConfig, write
-from dragonfly.eval.ablate import load_variants, run_ablation, split_overrides
 from dragonfly.eval.evaluator import METRICS_FILE
+from dragonfly.pipeline.ablate import load_variants, run_ablation, split_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS = ["baseline1", "dragonfly_region", "dragonfly_global"]

@@ -1,6 +1,4 @@
-"""The pipeline steps as plain functions. The CLI, ``dvc.yaml`` and the Prefect flows call
-these; none of them re-implements a step.
-"""
+"""The pipeline steps (see ``dragonfly.pipeline``)."""
 
 from __future__ import annotations
 
@@ -71,6 +69,20 @@ def prepare_data(params: str | Path = DEFAULT_PARAMS, mixtures: list[str] | None
     return built
 
 
+def init_model(out: str | Path, profile: str = "tiny", params: str | Path = DEFAULT_PARAMS,
+               overrides: list[str] | None = None):
+    """Build the model of ``profile`` (a random tiny init, or the backbones) and save it with
+    its processor to ``out``; returns the model's config and its parameter count."""
+    from dragonfly.build import build_model
+
+    model, processor = build_model(load_settings(params, profile, overrides).profile.model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return model.config, sum(p.numel() for p in model.parameters())
+
+
 def _tracker_factory(profile: Profile, tracking: Tracking | None):
     if tracking is None:
         return None
@@ -126,33 +138,85 @@ def pretrain_vision(profile: str = "tiny", params: str | Path | None = DEFAULT_P
 
 
 def train(stage: str, profile: str = "tiny", params: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None,
-          resume: bool = False, out_dir: str | Path | None = None, sets: list[str] | None = None,
+          resume: bool | str = False, out_dir: str | Path | None = None, sets: list[str] | None = None,
           tracking: Tracking | None = None, force: bool = False, log=print) -> Path:
     """Run one training stage of a profile; returns its ``final`` model directory.
 
     ``overrides`` are relative to the stage (``lr=1e-4``); ``sets`` to the profile or the
-    data section, as in :func:`load_settings`.
+    data section, as in :func:`load_settings`. ``resume``: True continues from the newest
+    checkpoint (an error when it is of another configuration or other inputs); ``"auto"``
+    (the flow and the ablations, single process) continues only from a checkpoint of this
+    very fingerprint and otherwise starts afresh, moving other checkpoints aside.
     """
-    from dragonfly.data.manifest import MANIFEST, verify_dataset
     from dragonfly.train.trainer import train_stage
 
-    settings = load_settings(params, profile, sets)
-    stage_cfg = load_stage(settings.profile, stage, overrides)
-    cfg = settings.data
-    mixture = cfg.mixture(stage_cfg.data.mixture)
-    # Before the model is built (minutes for the paper profile): a stale or failed build is
-    # refused here, naming what differs from the mixture asked for.
-    dataset_dir = verify_dataset(Path(cfg.out_dir) / mixture.name, mixture)
-    out = Path(out_dir) if out_dir else stage_dir(settings.profile, stage)
-    fp = fingerprint(_stage_config(settings.profile, stage_cfg),
-                     {"data": file_digest(dataset_dir.parent / MANIFEST), "init": _init_fingerprint(settings.profile, stage_cfg)},
-                     TRAIN_CODE)
+    plan = plan_stage(stage, profile, params, overrides, out_dir, sets)
+    out, fp = plan.out, plan.fingerprint
     if not force and up_to_date(out, fp):
         if log is not None:
             log(f"stage {stage}: up to date ({out / 'final'}); skipped (--force retrains)")
         return out / "final"
-    return train_stage(settings.profile, stage_cfg, cfg.root, dataset_dir, out_dir=out, resume=resume,
-                       tracker_factory=_tracker_factory(settings.profile, tracking), fingerprint=fp)
+    if resume == "auto":
+        resume = _resumable(out, fp, log or (lambda _: None))
+    return train_stage(plan.settings.profile, plan.stage, plan.settings.data.root, plan.dataset_dir, out_dir=out,
+                       resume=resume, tracker_factory=_tracker_factory(plan.settings.profile, tracking),
+                       fingerprint=fp)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """A stage resolved: its settings, config, checked dataset, output folder, fingerprint."""
+
+    settings: Settings
+    stage: StageConfig
+    dataset_dir: Path
+    out: Path
+    fingerprint: str
+
+
+def plan_stage(stage: str, profile: str = "tiny", params: str | Path = DEFAULT_PARAMS,
+               overrides: list[str] | None = None, out_dir: str | Path | None = None,
+               sets: list[str] | None = None) -> StagePlan:
+    """Resolve a stage without running it: what :func:`train` would train, and the
+    fingerprint that decides whether it must."""
+    from dragonfly.data.manifest import MANIFEST, verify_dataset
+
+    settings = load_settings(params, profile, sets)
+    stage_cfg = load_stage(settings.profile, stage, overrides)
+    mixture = settings.data.mixture(stage_cfg.data.mixture)
+    # Before the model is built (minutes for the paper profile): a stale or failed build is
+    # refused here, naming what differs from the mixture asked for.
+    dataset_dir = verify_dataset(Path(settings.data.out_dir) / mixture.name, mixture)
+    out = Path(out_dir) if out_dir else stage_dir(settings.profile, stage)
+    fp = fingerprint(_stage_config(settings.profile, stage_cfg),
+                     {"data": file_digest(dataset_dir.parent / MANIFEST),
+                      "init": _init_fingerprint(settings.profile, stage_cfg)}, TRAIN_CODE)
+    return StagePlan(settings, stage_cfg, dataset_dir, out, fp)
+
+
+def _resumable(out: Path, fp: str, log) -> bool:
+    """Whether ``out`` holds checkpoints of this fingerprint. Checkpoints of another one (an
+    edited stage, a retrained previous stage) go to ``checkpoints.superseded/`` (one
+    generation kept, so an edit by mistake loses nothing), and the stage starts afresh."""
+    import shutil
+
+    from dragonfly.train.checkpoint import list_checkpoints, read_state
+
+    root = out / "checkpoints"
+    found = list_checkpoints(root)
+    if not found:
+        return False
+    try:
+        saved = read_state(found[-1][1]).get("fingerprint")
+    except (OSError, ValueError):
+        saved = None
+    if saved == fp:
+        return True
+    aside = out / "checkpoints.superseded"
+    shutil.rmtree(aside, ignore_errors=True)
+    root.rename(aside)
+    log(f"{root}: checkpoints of another configuration or other inputs moved to {aside}; training afresh")
+    return False
 
 
 def _stage_config(profile: Profile, stage: StageConfig) -> dict:
@@ -192,14 +256,16 @@ def evaluate(model_dir: str | Path, benchmarks: list[str], params: str | Path = 
     and returns ``{benchmark: metrics}``. Skipped when the model, the benchmarks and the
     settings are those the output records."""
     import json
+    import time
 
     from dragonfly.eval import evaluate as evaluate_one
     from dragonfly.inference import load
 
+    began = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     root = Path(load_data_config(params).root)
     settings = {"benchmarks": list(benchmarks), "limit": limit, "root": str(root)}
-    fp = fingerprint(settings, {"model": model_fingerprint(model_dir)}, EVAL_CODE)
+    fp = evaluation_fingerprint(model_dir, benchmarks, params, limit)
     summary_path = out_dir / "summary.json"
     if not force and up_to_date(out_dir, fp):
         log(f"evaluation of {model_dir}: up to date ({summary_path}); skipped")
@@ -218,8 +284,21 @@ def evaluate(model_dir: str | Path, benchmarks: list[str], params: str | Path = 
                 tracker.finish(status)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    record(out_dir, fp, out_dir, model=str(model_dir), **settings)
+    record(out_dir, fp, out_dir, model=str(model_dir), seconds=round(time.perf_counter() - began, 3), **settings)
     return results
+
+
+def evaluation_fingerprint(model_dir: str | Path, benchmarks: list[str], params: str | Path = DEFAULT_PARAMS,
+                           limit: int | None = None) -> str:
+    """What decides whether :func:`evaluate` runs: the model, the benchmarks, the limit and
+    the data root (batch size and progress bars change no number)."""
+    from dragonfly.eval.benchmarks import get_benchmark
+
+    root = Path(load_data_config(params).root)
+    settings = {"benchmarks": list(benchmarks), "limit": limit, "root": str(root)}
+    # The test samples' bytes too: regenerated data is a new evaluation.
+    samples = {f"samples:{name}": file_digest(root / get_benchmark(name).default_path) for name in benchmarks}
+    return fingerprint(settings, {"model": model_fingerprint(Path(model_dir)), **samples}, EVAL_CODE)
 
 
 def register(track: str, model_dir: str | Path, metrics: dict[str, dict], params: str | Path = DEFAULT_PARAMS,

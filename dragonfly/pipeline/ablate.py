@@ -4,31 +4,28 @@ Each variant is a layout under `ablations:` in params.yaml. Every variant trains
 stage chain from `init` (default general1 → general2) on the same data, with the same
 steps and seed — the paper's fair comparison — then is evaluated on the same benchmarks.
 Training goes through `dragonfly.pipeline.train` and evaluation through
-`dragonfly.eval.evaluate`; this module only chains them, remembers what is done, and
+`dragonfly.pipeline.evaluate`; this module only chains them, remembers what is done, and
 writes the tables (`ablation_report`).
 
 Layout of `out_dir`:
     params.yaml                       the params actually used (model seed set to `seed`)
-    <variant>/<stage>/                a stage's output (checkpoints/, metrics.jsonl, final/)
-    <variant>/<stage>/ablation_stage.json   fingerprint of its config, time, completion
-    <variant>/eval/<benchmark>/       predictions.jsonl, metrics.json, ablation_eval.json
+    <variant>/<stage>/                a stage's output (checkpoints/, metrics.jsonl, final/, fingerprint.json)
+    <variant>/eval/<benchmark>/       predictions.jsonl, metrics.json
+    <variant>/eval/fingerprint.json   the evaluation's fingerprint
     <variant>/variant.json            the variant's record
     ablation.md, ablation.csv, ablation.json
 
-Resuming: a stage whose recorded fingerprint matches and whose `final/` exists is reused;
-one with a matching fingerprint but no `final/` continues from its newest checkpoint; a
-stale one is trained again, and so is everything after it. Evaluations likewise.
+Resuming uses the pipeline's one rule (`dragonfly.fingerprint`): a stage whose output
+records the fingerprint it would record is reused; one with checkpoints of that fingerprint
+but no record continues from its newest checkpoint; a stale one is trained again, and so is
+everything after it. Evaluations likewise.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
-import time
-import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -37,13 +34,12 @@ from rich.console import Console
 from dragonfly.config import ConfigError, load_params, load_profile
 from dragonfly.eval.ablation_report import VariantResult, write_report
 from dragonfly.eval.benchmarks import get_benchmark
-from dragonfly.eval.evaluator import METRICS_FILE, PREDICTIONS_FILE, evaluate
+from dragonfly.eval.evaluator import PREDICTIONS_FILE
 from dragonfly.eval.scoring import read_predictions
-from dragonfly.tracking import tracking_uri
+from dragonfly.fingerprint import details, up_to_date
+from dragonfly.tracking import Tracking, tracking_uri
 from dragonfly.train.config import load_stage
 
-STAGE_MARKER = "ablation_stage.json"
-EVAL_MARKER = "ablation_eval.json"
 VARIANT_FILE = "variant.json"
 LOSS_WINDOW = 10  # steps averaged for the "first"/"final" loss: one step of 8 samples is noisy
 
@@ -103,18 +99,6 @@ def split_overrides(overrides: Sequence[str], stages: Sequence[str]) -> dict[str
     return out
 
 
-def fingerprint(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _file_digest(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
-
-
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -144,78 +128,47 @@ def _layout_overrides(layout: Mapping) -> list[str]:
 
 
 def _train_variant(plan: Plan, name: str, layout: Mapping, run_id: str | None):
-    """Train the stage chain of one variant; returns (final dir, token, seconds, losses, reused)."""
-    from dragonfly.pipeline import train
-    from dragonfly.tracking import Tracking
+    """Train the stage chain of one variant; returns (final dir, seconds, losses, reused).
+    Each stage is :func:`~dragonfly.pipeline.train`, skipped by the pipeline's one
+    fingerprint rule; a stage chained from a retrained one has a new fingerprint (its init
+    is part of it), so everything after a change trains again."""
+    from dragonfly.pipeline.steps import plan_stage, train
 
-    profile = load_profile(plan.profile, plan.params)
     tracking = Tracking(tracking_uri(), run_id) if (plan.mlflow and run_id) else None
-    previous: tuple[Path, str] | None = None  # final dir and completion token of the last stage
+    previous: Path | None = None
     seconds, losses, reused = {}, {}, []
     for stage in plan.stages:
         overrides = [*_layout_overrides(layout), *plan.stage_overrides[stage], f"seed={plan.seed}",
-                     f"init_from={json.dumps(str(previous[0])) if previous else 'init'}"]
-        cfg = load_stage(profile, stage, overrides)
-        mixture = plan.mixtures_dir / cfg.data.mixture / "manifest.json"
-        fp = fingerprint({"model": asdict(profile.model), "stage": {**asdict(cfg), "init_from": None},
-                          "previous": previous[1] if previous else "init", "data": _file_digest(mixture)})
+                     f"init_from={json.dumps(str(previous)) if previous else 'init'}"]
         out = plan.out_dir / name / stage
-        marker = _read_json(out / STAGE_MARKER)
-        same = marker is not None and marker.get("fingerprint") == fp
-        if same and marker.get("completed") and (out / "final" / "config.json").is_file():
+        if up_to_date(out, plan_stage(stage, plan.profile, plan.params, overrides, out).fingerprint):
             plan.console.print(f"[cyan]{name}/{stage}[/]: reused {out / 'final'}")
             reused.append(stage)
         else:
-            if out.exists() and not same:
-                if marker is None and any(out.iterdir()):
-                    raise ConfigError(f"{out} exists but was not written by `dragonfly ablate`; "
-                                      "choose another --out or remove it")
-                plan.console.print(f"[yellow]{name}/{stage}[/]: configuration changed, training again")
-                shutil.rmtree(out)
-            _write_json(out / STAGE_MARKER, {"fingerprint": fp, "completed": False, "overrides": overrides})
             plan.console.print(f"[bold]{name}/{stage}[/]: training ({' '.join(overrides)})")
-            start = time.perf_counter()
-            train(stage, plan.profile, plan.params, overrides, resume=same, out_dir=out, tracking=tracking)
-            marker = {"fingerprint": fp, "completed": True, "overrides": overrides, "resumed": same,
-                      "seconds": time.perf_counter() - start, "token": uuid.uuid4().hex}
-            _write_json(out / STAGE_MARKER, marker)
-        seconds[stage] = float(marker.get("seconds", 0.0))
+        previous = train(stage, plan.profile, plan.params, overrides, resume="auto", out_dir=out,
+                         tracking=tracking, log=plan.console.print)
+        seconds[stage] = float(details(out).get("seconds", 0.0))
         losses[stage] = _losses(out / "metrics.jsonl")
-        previous = (out / "final", marker["token"])
     assert previous is not None  # plan.stages is never empty
-    return previous[0], previous[1], seconds, losses, reused
+    return previous, seconds, losses, reused
 
 
-def _evaluate_variant(plan: Plan, name: str, final: Path, token: str):
-    """Evaluate one variant's final model on every benchmark; returns (metrics, distinct
-    answers, seconds, reused)."""
-    metrics, distinct, reused, seconds, loaded = {}, {}, [], 0.0, None
-    for bench in plan.benchmarks:
-        spec = get_benchmark(bench)
-        out = plan.out_dir / name / "eval" / bench
-        fp = fingerprint({"model": token, "benchmark": bench, "limit": plan.eval_limit,
-                          "samples": _file_digest(plan.data_root / spec.default_path)})
-        marker = _read_json(out / EVAL_MARKER)
-        if marker is not None and marker.get("fingerprint") == fp and (out / METRICS_FILE).is_file():
-            plan.console.print(f"[cyan]{name}/{bench}[/]: reused {out / METRICS_FILE}")
-            metrics[bench] = json.loads((out / METRICS_FILE).read_text())
-            reused.append(bench)
-            seconds += float(marker.get("seconds", 0.0))
-        else:
-            if loaded is None:
-                from dragonfly.inference import load
+def _evaluate_variant(plan: Plan, name: str, final: Path):
+    """Evaluate one variant's final model on every benchmark with
+    :func:`~dragonfly.pipeline.evaluate` (skipped when its fingerprint matches); returns
+    (metrics, distinct answers, seconds, reused)."""
+    from dragonfly.pipeline.steps import evaluate, evaluation_fingerprint
 
-                loaded = load(final)
-            plan.console.print(f"[bold]{name}/{bench}[/]: evaluating")
-            start = time.perf_counter()
-            metrics[bench] = evaluate(final, spec, None, plan.data_root, out, plan.eval_batch_size,
-                                      plan.eval_limit, loaded=loaded, progress=plan.progress)
-            took = time.perf_counter() - start
-            seconds += took
-            _write_json(out / EVAL_MARKER, {"fingerprint": fp, "seconds": took})
-        if (out / PREDICTIONS_FILE).is_file():  # absent for a benchmark skipped (no judge)
-            distinct[bench] = distinct_answers(out / PREDICTIONS_FILE)
-    return metrics, distinct, seconds, reused
+    out = plan.out_dir / name / "eval"
+    benchmarks = list(plan.benchmarks)
+    done = up_to_date(out, evaluation_fingerprint(final, benchmarks, plan.params, plan.eval_limit))
+    plan.console.print(f"[cyan]{name}[/]: evaluation reused ({out})" if done else f"[bold]{name}[/]: evaluating")
+    metrics = evaluate(final, benchmarks, plan.params, out, plan.eval_limit, plan.eval_batch_size,
+                       progress=plan.progress, log=plan.console.print)
+    distinct = {bench: distinct_answers(out / bench / PREDICTIONS_FILE) for bench in benchmarks
+                if (out / bench / PREDICTIONS_FILE).is_file()}  # absent for a benchmark skipped (no judge)
+    return metrics, distinct, float(details(out).get("seconds", 0.0)), benchmarks if done else []
 
 
 def _run_variant(plan: Plan, name: str, layout: Mapping, parent_id: str | None) -> VariantResult:
@@ -231,9 +184,8 @@ def _run_variant(plan: Plan, name: str, layout: Mapping, parent_id: str | None) 
                           tags={"dragonfly.ablation.variant": name, "dragonfly.profile": plan.profile})
     status = "FAILED"
     try:
-        final, token, seconds, losses, reused_stages = _train_variant(
-            plan, name, layout, tracker.run_id if tracker else None)
-        metrics, distinct, eval_seconds, reused_evals = _evaluate_variant(plan, name, final, token)
+        final, seconds, losses, reused_stages = _train_variant(plan, name, layout, tracker.run_id if tracker else None)
+        metrics, distinct, eval_seconds, reused_evals = _evaluate_variant(plan, name, final)
         cfg = AutoConfig.from_pretrained(final)
         result = VariantResult(
             name=name, layout=dict(layout), model_dir=str(final), tiles_encoded=cfg.num_encoded_tiles,
@@ -315,7 +267,7 @@ def run_ablation(
     holds the three files as artifacts and a nested run per variant, under which the
     stages' own runs nest. Returns the per-variant results and the written files.
     """
-    from dragonfly.pipeline import data_config
+    from dragonfly.pipeline.steps import data_config
 
     params, out_dir = Path(params), Path(out_dir)
     known = load_variants(params)

@@ -1,0 +1,69 @@
+"""Resuming follows the stage's fingerprint: ``resume="auto"`` (the flow, the ablations)
+continues only from checkpoints of the same configuration *and inputs*; an explicit resume
+from checkpoints of other inputs is refused, naming why."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from dragonfly import pipeline
+from dragonfly.fingerprint import RECORD, recorded
+from dragonfly.train.checkpoint import list_checkpoints, read_state
+from dragonfly.train.trainer import TrainingError
+
+STEPS = ["max_steps=2", "save_every=1", "keep_last=3"]
+
+
+@pytest.fixture
+def here(workspace, tmp_path, monkeypatch):
+    """Run from a copy of the workspace with relative paths, as a user does."""
+    monkeypatch.chdir(workspace)
+    return workspace
+
+
+def _interrupt(out):
+    """What a killed run leaves: checkpoints, no record, no final model."""
+    (out / RECORD).unlink()
+    shutil.rmtree(out / "final")
+
+
+def test_auto_resumes_only_from_checkpoints_of_the_same_fingerprint(here, tmp_path, capsys):
+    out = tmp_path / "g1"
+    pipeline.train("general1", "tiny", "params.yaml", STEPS, out_dir=out, log=None)
+    fp = recorded(out)
+    assert [read_state(p)["fingerprint"] for _, p in list_checkpoints(out / "checkpoints")] == [fp, fp]
+
+    _interrupt(out)
+    capsys.readouterr()
+    pipeline.train("general1", "tiny", "params.yaml", STEPS, resume="auto", out_dir=out, log=None)
+    assert "resumed general1" in capsys.readouterr().out
+    assert recorded(out) == fp and not (out / "checkpoints.superseded").exists()
+
+    # Another learning rate: the old checkpoints are moved aside (nothing deleted) and
+    # the stage trains from step 0 with the new fingerprint.
+    _interrupt(out)
+    messages = []
+    pipeline.train("general1", "tiny", "params.yaml", [*STEPS, "lr=3e-4"], resume="auto", out_dir=out,
+                   log=messages.append)
+    assert "resumed" not in capsys.readouterr().out
+    assert any("checkpoints.superseded" in m for m in messages)
+    assert [read_state(p)["fingerprint"] for _, p in list_checkpoints(out / "checkpoints.superseded")] == [fp, fp]
+    assert recorded(out) not in (None, fp)
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+
+
+def test_explicit_resume_from_other_inputs_is_refused(here, tmp_path):
+    first, second = tmp_path / "g1", tmp_path / "g2"
+    pipeline.train("general1", "tiny", "params.yaml", STEPS, out_dir=first, log=None)
+    chained = [*STEPS, f"init_from={json.dumps(str(first / 'final'))}"]
+    pipeline.train("general2", "tiny", "params.yaml", chained, out_dir=second, log=None)
+    _interrupt(second)
+
+    # The same general2 configuration, but general1 is retrained differently underneath it.
+    pipeline.train("general1", "tiny", "params.yaml", [*STEPS, "lr=3e-4"], out_dir=first, force=True, log=None)
+    with pytest.raises(TrainingError, match="trained from other inputs"):
+        pipeline.train("general2", "tiny", "params.yaml", chained, resume=True, out_dir=second, log=None)

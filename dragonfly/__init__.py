@@ -1,28 +1,10 @@
 """Dragonfly: multi-resolution zoom-in vision-language model (Chen et al., 2024).
 
-Importing the package registers the model, config and processors with the
-``transformers`` Auto classes, so ``AutoConfig``, ``AutoModelForImageTextToText`` and
-``AutoProcessor`` load saved Dragonfly checkpoints.
+The package is layered (docs/architecture.md): ``dragonfly.model`` (the model core) →
+``dragonfly.data`` → ``dragonfly.train`` / ``dragonfly.eval`` → ``dragonfly.pipeline`` →
+``dragonfly.cli``. Importing ``dragonfly`` loads nothing heavy; ``import dragonfly.model.auto``
+(or importing any model class, e.g. ``from dragonfly import DragonflyConfig``) registers the
+classes with the ``transformers`` Auto classes.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModelForImageTextToText,
-    AutoProcessor,
-)
-
-from dragonfly.modeling import DragonflyConfig, DragonflyForConditionalGeneration
-from dragonfly.processor import DragonflyImageProcessor, DragonflyProcessor
-
-AutoConfig.register("dragonfly", DragonflyConfig, exist_ok=True)
-AutoModelForImageTextToText.register(DragonflyConfig, DragonflyForConditionalGeneration, exist_ok=True)
-AutoImageProcessor.register(DragonflyConfig, image_processor_classes={"pil": DragonflyImageProcessor}, exist_ok=True)
-AutoProcessor.register(DragonflyConfig, DragonflyProcessor, exist_ok=True)
-
-__all__ = [
-    "DragonflyConfig",
-    "DragonflyForConditionalGeneration",
-    "DragonflyImageProcessor",
-    "DragonflyProcessor",
-]
+from dragonfly.model import __all__, __getattr__  # noqa: F401  (the model classes, loaded lazily)

@@ -12,10 +12,11 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from dragonfly.config import ConfigError, Layout, ModelSection
-from dragonfly.modeling import DragonflyConfig, DragonflyForConditionalGeneration
-from dragonfly.processing import CLIP_MEAN, CLIP_STD
-from dragonfly.processor import IMAGE_TOKEN, DragonflyImageProcessor, DragonflyProcessor
-from dragonfly.tiny import TinySpec, build_tokenizer, text_config, vision_config
+from dragonfly.model.constants import CLIP_MEAN, CLIP_STD, IMAGE_TOKEN
+from dragonfly.model.modeling import DragonflyConfig, DragonflyForConditionalGeneration
+from dragonfly.model.processor import DragonflyImageProcessor, DragonflyProcessor
+from dragonfly.model.specs import TinySpec
+from dragonfly.model.tiny import build_tokenizer, text_config, vision_config
 from dragonfly.weights import DUAL_ENCODER_UNUSED, load_strict
 
 

@@ -15,8 +15,7 @@ from typing import Any
 import yaml
 
 from dragonfly.errors import DragonflyError, close_match
-from dragonfly.modeling import PAPER_HIGH, PAPER_MEDIUM
-from dragonfly.tiny import TinySpec
+from dragonfly.model.specs import LAYOUT_KEYS, Layout, TinySpec
 
 DEFAULT_PARAMS = Path("params.yaml")
 # The sections of params.yaml. `anchors:` holds YAML anchors (`&name`) only; the loader
@@ -38,21 +37,6 @@ def check_keys(data: dict, valid, where: str = "") -> None:
         more = f" (and {', '.join(map(str, unknown[1:]))})" if len(unknown) > 1 else ""
         raise ConfigError(f"unknown key {where}{key}{close_match(str(key), valid)}{more}; "
                           f"valid keys under {where.rstrip('.') or 'the top level'}: {', '.join(valid)}")
-
-
-@dataclass
-class Layout:
-    """How an image becomes visual tokens (paper §3; ablations of Tables 1, 5, 6)."""
-
-    medium_grids: list[list[int]] = field(default_factory=lambda: [list(g) for g in PAPER_MEDIUM])
-    high_grids: list[list[int]] = field(default_factory=lambda: [list(g) for g in PAPER_HIGH])
-    select_k: int = 3
-    strategy: str = "region"
-    select_order: str = "most_similar"  # or least_similar (ours; see dragonfly/zoom.py)
-    projector_type: str = "linear"
-    vision_feature_layer: int = -2
-    keep_cls: bool = True
-    resize_mode: str = "stretch"
 
 
 @dataclass
@@ -82,7 +66,6 @@ class Profile:
 
 
 PROFILE_KEYS = ("model", "stages", "vision_pretrain", "runs_dir")
-LAYOUT_KEYS = tuple(f.name for f in dataclasses.fields(Layout))  # what an ablation or stage may change
 
 
 def _resolve_type(tp):

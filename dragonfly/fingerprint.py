@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dragonfly.files import atomic_write_json
+
 RECORD = "fingerprint.json"
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -78,12 +80,8 @@ def record(out_dir: str | Path, value: str, outputs: str | Path | None = None, *
     if outputs is not None:
         files = {p.relative_to(out_dir).as_posix(): p.stat().st_size
                  for p in sorted(Path(outputs).rglob("*")) if p.is_file() and not p.name.startswith("fingerprint.")}
-    path = out_dir / RECORD
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"fingerprint": value, "files": files, **details}, indent=1, sort_keys=True,
-                              default=str))
-    tmp.replace(path)
+    atomic_write_json(out_dir / RECORD, {"fingerprint": value, "files": files, **details}, indent=1, sort_keys=True,
+                      default=str)
 
 
 def up_to_date(out_dir: str | Path, value: str) -> bool:

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-import dragonfly  # noqa: F401  (registers the Auto classes)
+import dragonfly.model.auto  # noqa: F401  (registers the Auto classes)
 from dragonfly.errors import CheckpointError
-from dragonfly.processor import IMAGE_TOKEN
+from dragonfly.model.constants import IMAGE_TOKEN
 from dragonfly.weights import load_strict
 
 

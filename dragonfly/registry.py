@@ -129,8 +129,8 @@ class DragonflyModel(mlflow.pyfunc.PythonModel):
     # A DataFrame hint tells mlflow 3 not to derive a schema from hints (it warns on a
     # missing hint); the explicit signature of `_signature` describes the columns instead.
     def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
-        from dragonfly.data.images import load_image
         from dragonfly.inference import answer
+        from dragonfly.model.images import load_image
 
         paths, questions = list(model_input["image"]), list(model_input["question"])
         out: list[str] = []

@@ -16,7 +16,7 @@ from transformers import (
 from dragonfly.build import build_from_backbones
 from dragonfly.config import ConfigError, load_profile
 from dragonfly.inference import user_message
-from dragonfly.tiny import build_tokenizer
+from dragonfly.model.tiny import build_tokenizer
 
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
           "image_size": 32, "patch_size": 8}

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from transformers.image_processing_utils import select_best_resolution
 
-from dragonfly.processing import (
+from dragonfly.model.processing import (
     TilingSpec,
     letterbox,
     refines,
@@ -17,7 +17,7 @@ from dragonfly.processing import (
     select_grid,
     tile_image,
 )
-from dragonfly.processor import DragonflyImageProcessor
+from dragonfly.model.processor import DragonflyImageProcessor
 
 MEDIUM = [(2, 2), (1, 4), (4, 1)]
 HIGH_SETS = {

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from dragonfly.processor import IGNORE_INDEX, DragonflyProcessor
+from dragonfly.model.constants import IGNORE_INDEX
+from dragonfly.model.processor import DragonflyProcessor
 
 LLAMA3_PROMPT = (
     "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<image>\nWhat is it?<|eot_id|>"

@@ -5,8 +5,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from dragonfly.processing import region_map
-from dragonfly.zoom import select_tiles
+from dragonfly.model.processing import region_map
+from dragonfly.model.zoom import select_tiles
 
 PAIRS = [((2, 2), (6, 4)), ((2, 2), (4, 6)), ((1, 4), (3, 8)), ((4, 1), (8, 3)), ((2, 2), (4, 4)), ((1, 4), (4, 12))]
 

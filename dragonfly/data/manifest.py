@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dragonfly.errors import DragonflyError
+from dragonfly.files import atomic_write_json
 
 if TYPE_CHECKING:
     from dragonfly.data.mixture import MixtureConfig
@@ -64,7 +65,7 @@ def write_manifest(
     if error is not None:
         manifest["error"] = error
     path = out_dir / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_json(path, manifest, indent=2, sort_keys=True)
     return path
 
 

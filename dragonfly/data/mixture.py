@@ -15,7 +15,6 @@ config) and leaves its own quarantine and stats, marked "failed", for inspection
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from collections import Counter
@@ -29,7 +28,6 @@ from tqdm.auto import tqdm
 
 from dragonfly.config import ConfigError, check_keys
 from dragonfly.config import from_dict as typed_from_dict
-from dragonfly.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from dragonfly.data.manifest import DATASET, FAILED, OK, write_manifest
 from dragonfly.data.quarantine import (
     ERROR,
@@ -40,9 +38,11 @@ from dragonfly.data.quarantine import (
     rejected_fraction_error,
     write_quarantine,
 )
-from dragonfly.data.schema import SPLITS, ImageCheck, Sample
+from dragonfly.data.schema import SPLITS, ImageCheck, Sample, split_origin
 from dragonfly.data.sources import convert
 from dragonfly.data.validate import validate_samples
+from dragonfly.files import atomic_dir, atomic_write_json
+from dragonfly.model.images import DEFAULT_MAX_IMAGE_PIXELS
 
 QUARANTINE, STATS = "quarantine.jsonl", "stats.json"
 
@@ -216,17 +216,8 @@ def _renamed(sample: Sample, new_id: str) -> Sample:
 
 
 def _dropped(sample: Sample, reason: str, detail: str) -> Rejection:
-    file, _, row = sample.origin.rpartition(":")
-    return Rejection(
-        sample.source,
-        sample.id,
-        reason,
-        detail,
-        file,
-        int(row) if row.isdigit() else None,
-        FILTERED,
-        stage="build",
-    )
+    file, row = split_origin(sample.origin)
+    return Rejection(sample.source, sample.id, reason, detail, file, row, FILTERED, stage="build")
 
 
 def _resolve(path: str, root: Path) -> Path:
@@ -236,8 +227,8 @@ def _resolve(path: str, root: Path) -> Path:
 
 def _relative_origin(origin: str, root: Path) -> str:
     """Origins inside the data root are stored relative to it, so builds are portable."""
-    file, sep, row = origin.rpartition(":")
-    if not sep:
+    file, row = split_origin(origin)
+    if row is None:
         return origin
     try:
         rel = Path(os.path.relpath(Path(file).resolve(), root.resolve()))
@@ -305,13 +296,8 @@ def save_dataset(samples: Sequence[Sample], root: Path, target: Path, seed: int)
             rec["origin"] = _relative_origin(rec["origin"], root)
             records.append(rec)
         splits[split] = Dataset.from_list(records, features=features)
-    tmp = target.with_name(target.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    DatasetDict(splits).save_to_disk(str(tmp))
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    with atomic_dir(target) as tmp:
+        DatasetDict(splits).save_to_disk(str(tmp))
 
 
 def build_mixture(
@@ -405,7 +391,7 @@ def _build_into(
     # Stats and quarantine are written before failing, so the bad rows can be inspected.
     failure = _threshold_failure(cfg, rejections, n_seen, by_source, out_dir / QUARANTINE)
     stats["status"] = FAILED if failure else OK
-    (work / STATS).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_json(work / STATS, stats, indent=2, sort_keys=True)
     if failure:
         raise failure
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from dragonfly.data.schema import Sample
 from dragonfly.errors import DragonflyError
+from dragonfly.files import read_jsonl, write_jsonl
 
 ERROR = "error"
 # Rows left out on purpose (e.g. SLAKE's Chinese questions): quarantined and counted like
@@ -43,10 +43,6 @@ class Converted:
     samples: list[Sample] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
 
-    def extend(self, other: Converted) -> None:
-        self.samples.extend(other.samples)
-        self.rejections.extend(other.rejections)
-
 
 class ConverterError(DragonflyError, ValueError):
     """A file a converter does not understand: names the file, the row and what was expected."""
@@ -69,22 +65,14 @@ def quarantine_file(samples: Path, stage: str) -> Path:
 
 
 def write_quarantine(rejections: Iterable[Rejection], path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with path.open("w", encoding="utf-8") as fh:
-        for r in rejections:
-            fh.write(json.dumps(asdict(r), ensure_ascii=False, sort_keys=True) + "\n")
-            n += 1
-    return n
+    return write_jsonl(path, (asdict(r) for r in rejections), ensure_ascii=False, sort_keys=True)
 
 
 def read_quarantine(path: Path) -> list[Rejection]:
     """Read a quarantine file; keys this version does not know are ignored, missing ones
     (e.g. `stage` in older files) take their defaults."""
     known = {f.name for f in fields(Rejection)}
-    with path.open(encoding="utf-8") as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
-    return [Rejection(**{k: v for k, v in rec.items() if k in known}) for rec in records]
+    return [Rejection(**{k: v for k, v in rec.items() if k in known}) for rec in read_jsonl(path)]
 
 
 def reasons(rejections: Sequence[Rejection]) -> dict[str, int]:

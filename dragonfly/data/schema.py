@@ -18,14 +18,16 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from dragonfly.data.images import (
+from dragonfly.files import read_jsonl as read_jsonl  # re-exported: samples files are JSON Lines
+from dragonfly.files import write_jsonl
+from dragonfly.model.constants import IMAGE_TOKEN
+from dragonfly.model.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageLoadError,
     ImageTooLargeError,
     load_image,
 )
 
-IMAGE_TOKEN = "<image>"
 ROLES: tuple[str, ...] = ("user", "assistant", "system")
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 TASKS: tuple[str, ...] = ("caption", "vqa_closed", "vqa_open", "mcq", "report", "text_only")
@@ -113,6 +115,44 @@ def user_assistant(
     if system:
         turns.insert(0, Turn("system", system))
     return tuple(turns)
+
+
+def qa_sample(
+    id: str,
+    source: str,
+    split: str,
+    task: str,
+    images: Sequence[str],
+    question: str,
+    answer: str,
+    *,
+    answers: Sequence[str] | None = None,
+    choices: Sequence[str] = (),
+    meta: Mapping[str, str] | None = None,
+    origin: str = "",
+) -> Sample:
+    """A one-question, one-answer sample (`user_assistant` turns, a placeholder per image).
+    `answers` (the references) default to the answer itself, or none when it is empty."""
+    return Sample(
+        id=id,
+        source=source,
+        split=split,
+        task=task,
+        images=tuple(images),
+        turns=user_assistant(question, answer, len(images)),
+        answers=tuple(answers) if answers is not None else ((answer,) if answer else ()),
+        choices=tuple(choices),
+        meta=meta if meta is not None else {},
+        origin=origin,
+    )
+
+
+def split_origin(origin: str) -> tuple[str, int | None]:
+    """A sample's origin `"file:row"` as (file, row); (origin, None) when it has no row."""
+    file, _, row = origin.rpartition(":")
+    if file and row.isdigit():
+        return file, int(row)
+    return origin, None
 
 
 # --- table validation -------------------------------------------------------------------
@@ -289,20 +329,12 @@ def sample_image_problem(
     return None
 
 
-def read_jsonl(path: Path) -> Iterable[dict[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
-
-
 def write_samples_jsonl(samples: Iterable[Sample], path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with path.open("w", encoding="utf-8") as fh:
-        for s in samples:
-            rec = s.to_record()
-            rec["meta"] = dict(s.meta)
-            fh.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
-            n += 1
-    return n
+    """Write `samples` (meta as a JSON object) atomically; returns how many."""
+    return write_jsonl(path, (_jsonl_record(s) for s in samples), ensure_ascii=False, sort_keys=True)
+
+
+def _jsonl_record(sample: Sample) -> dict[str, Any]:
+    rec = sample.to_record()
+    rec["meta"] = dict(sample.meta)
+    return rec

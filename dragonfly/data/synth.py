@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from dragonfly.data.schema import Sample, user_assistant, write_samples_jsonl
-from dragonfly.data.sources._common import letters, mcq_prompt
+from dragonfly.data.prompts import letters, mcq_prompt
+from dragonfly.data.schema import Sample, qa_sample, write_samples_jsonl
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 SPLIT_INDEX = {"train": 0, "validation": 1, "test": 2}
@@ -298,14 +298,15 @@ def generate(
             render(scene, cfg).save(target, format="PNG", compress_level=1)
             for task, q, answer, choices in questions(scene, cfg, rng):
                 samples.append(
-                    Sample(
-                        id=f"{cfg.source}:{split}:{i:05d}:{task}",
-                        source=cfg.source,
-                        split=split,
-                        task=task,
-                        images=(rel,),
-                        turns=user_assistant(q, answer, 1),
-                        answers=(answer,),
+                    qa_sample(
+                        f"{cfg.source}:{split}:{i:05d}:{task}",
+                        cfg.source,
+                        split,
+                        task,
+                        [rel],
+                        q,
+                        answer,
+                        answers=[answer],
                         choices=choices,
                         meta={
                             "width": str(scene.size[0]),

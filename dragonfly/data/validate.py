@@ -6,18 +6,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dragonfly.data.quarantine import Converted, Rejection
-from dragonfly.data.schema import ImageCheck, Sample, sample_image_problem, table_problems
-
-
-def _split_origin(origin: str) -> tuple[str, int | None]:
-    file, _, row = origin.rpartition(":")
-    if file and row.isdigit():
-        return file, int(row)
-    return origin, None
+from dragonfly.data.schema import ImageCheck, Sample, sample_image_problem, split_origin, table_problems
 
 
 def reject(sample: Sample, reason: str, detail: str) -> Rejection:
-    file, row = _split_origin(sample.origin)
+    file, row = split_origin(sample.origin)
     return Rejection(
         source=sample.source,
         id=sample.id,

@@ -1,10 +1,10 @@
-"""Evaluation on the paper's benchmarks (DESIGN.md §4) and the synthetic zoom benchmark.
+"""Evaluation on the paper's benchmarks and the synthetic zoom benchmark.
 
 `evaluate(model_dir, benchmark, samples, root, out_dir, ...) -> dict` generates greedy
 answers with each benchmark's prompts, writes `predictions.jsonl` and `metrics.json`, and
 logs both to MLflow when given a tracker; `recompute_metrics` rebuilds the metrics from
 the predictions file. The registry of benchmarks is `BENCHMARKS` (see `benchmarks.py`
-for where each one's samples are read from). CLI: `dragonfly.eval.cli`.
+for where each one's samples are read from). CLI: `dragonfly.cli.eval`.
 """
 
 from dragonfly.eval.benchmarks import (

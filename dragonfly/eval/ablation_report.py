@@ -10,12 +10,12 @@ under the pseudo-benchmarks `model` and `train`) and `ablation.json` (everything
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dragonfly.eval.benchmarks import BenchmarkSpec, get_benchmark
+from dragonfly.files import atomic_write_json
 
 MARKDOWN_FILE = "ablation.md"
 CSV_FILE = "ablation.csv"
@@ -217,5 +217,5 @@ def write_report(results: Mapping[str, VariantResult], benchmarks: Sequence[str]
         writer.writerow(("variant", "benchmark", "metric", "value"))
         writer.writerows(csv_rows(results))
     payload = {"settings": dict(settings), "variants": {n: r.to_dict() for n, r in results.items()}}
-    paths["json"].write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    atomic_write_json(paths["json"], payload, indent=2, sort_keys=True, default=str)
     return paths

@@ -1,4 +1,4 @@
-"""The benchmarks of the paper's Tables 1-4 (DESIGN.md §4) and the synthetic zoom benchmark,
+"""The benchmarks of the paper's Tables 1-4 and the synthetic zoom benchmark,
 as data: where their samples come from, how each question is prompted, how long an answer
 may be, and which metrics score it.
 
@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from dragonfly.data.prompts import MCQ_SUFFIX, SHORT_SUFFIX
 from dragonfly.data.sources import biocaption, coco, mimic_cxr, roco
-from dragonfly.data.sources._common import MCQ_SUFFIX, SHORT_SUFFIX
 from dragonfly.errors import DragonflyError
 
 CLOSED_SUFFIX = "Answer with yes or no."

@@ -14,7 +14,6 @@ variant and benchmark, passing `loaded=(model, processor)` to reuse a loaded mod
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,22 +21,22 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from dragonfly.data.images import load_image
 from dragonfly.data.schema import Sample
 from dragonfly.eval.benchmarks import BenchmarkSpec, get_benchmark
 from dragonfly.eval.generate import generate_batch
 from dragonfly.eval.prompts import messages
 from dragonfly.eval.samples import load_samples, select_samples
 from dragonfly.eval.scoring import Prediction, read_predictions, score_records, write_predictions
+from dragonfly.files import atomic_write_json
 from dragonfly.metrics import MetricUnavailable, judge_config_from_env
+from dragonfly.model.images import load_image
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
 
 
 def write_metrics(metrics: Mapping[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(metrics), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_json(path, dict(metrics), indent=2, sort_keys=True)
 
 
 def is_skipped(metrics: Mapping[str, Any]) -> bool:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import re
 
-from dragonfly.data.schema import IMAGE_TOKEN, Sample
-from dragonfly.data.sources._common import letters
+from dragonfly.data.prompts import letters
+from dragonfly.data.schema import Sample
 from dragonfly.errors import DragonflyError
 from dragonfly.eval.benchmarks import BenchmarkSpec
+from dragonfly.model.constants import IMAGE_TOKEN
 
 _SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
 _INSTRUCTION_START = re.compile(r"^(answer|respond|reply)\b", re.IGNORECASE)

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dragonfly.data.schema import Sample, read_jsonl
+from dragonfly.data.schema import Sample
 from dragonfly.data.sources import convert
 from dragonfly.errors import DragonflyError
 from dragonfly.eval.benchmarks import BenchmarkSpec
+from dragonfly.files import read_jsonl
 
 
 class NoSamplesError(DragonflyError, LookupError):

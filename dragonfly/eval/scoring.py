@@ -17,6 +17,9 @@ from typing import Any
 from dragonfly import metrics as M
 from dragonfly.eval.benchmarks import BenchmarkSpec
 from dragonfly.eval.prompts import question_text
+from dragonfly.files import read_jsonl, write_jsonl
+
+_JSON_STYLE: dict[str, Any] = {"ensure_ascii": False, "sort_keys": True}  # of a predictions.jsonl line
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class Prediction:
     score: dict[str, float] | None = None  # per-sample scores, where the metric has them
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+        return json.dumps(asdict(self), **_JSON_STYLE)
 
     @classmethod
     def from_dict(cls, rec: Mapping[str, Any]) -> Prediction:
@@ -55,15 +58,11 @@ PREDICTION_FIELDS = tuple(Prediction.__dataclass_fields__)
 
 
 def read_predictions(path: Path) -> list[Prediction]:
-    with path.open(encoding="utf-8") as fh:
-        return [Prediction.from_dict(json.loads(line)) for line in fh if line.strip()]
+    return [Prediction.from_dict(rec) for rec in read_jsonl(path)]
 
 
 def write_predictions(records: Sequence[Prediction], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
-        for r in records:
-            fh.write(r.to_json() + "\n")
+    write_jsonl(path, (asdict(r) for r in records), **_JSON_STYLE)
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from dragonfly.config import ConfigError
+from dragonfly.data.labels import patch_labels
 from dragonfly.data.synth import SynthConfig, make_scene, render
-from dragonfly.processing import tile_image
-from dragonfly.train.backbone import patch_labels, tiled_grids
+from dragonfly.model.processing import tile_grids, tile_image
 
 RECALL_STREAM = 7  # rng stream for these scenes; the benchmark's splits use 0, 1, 2
 
@@ -50,7 +50,7 @@ def zoom_recall(model, processor, synth: SynthConfig, images: int = 64) -> ZoomR
     for i in range(images):
         scene = make_scene(synth, np.random.default_rng([synth.seed, RECALL_STREAM, i]))
         tiles = tile_image(render(scene, synth), spec)
-        _, colour = patch_labels(scene, synth.glyph_area, tiled_grids(tiles), spec.tile_size,
+        _, colour = patch_labels(scene, synth.glyph_area, tile_grids(tiles["medium_grid"], tiles["high_grid"]), spec.tile_size,
                                  cfg.vision_config.patch_size)
         holds_glyph = (colour[num_base:] > 0).any(1)
         _, kept = model.get_image_features(tiles["pixel_values"][None], tiles["regions"][None])

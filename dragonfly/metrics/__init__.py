@@ -1,4 +1,4 @@
-"""Evaluation metrics for the Dragonfly benchmarks (paper Tables 1-4, DESIGN.md §4).
+"""Evaluation metrics for the Dragonfly benchmarks (paper Tables 1-4).
 
 Conventions: corpus metrics take `preds` (id -> generated text) and `refs` (id -> list of
 reference texts; a bare string counts as one reference). Both must hold exactly the same

@@ -153,10 +153,7 @@ def multiple_choice_accuracy(
         if gold not in _letters(options[k]):
             raise ValueError(f"id {k!r}: reference {gold!r} is not one of the option letters")
         text = pred_text(preds, k)
-        if parser == "mmmu":
-            got = mmmu_parse_choice(text, options[k], rng=rng)
-        else:
-            got = parse_choice(text, options[k])
+        got = mmmu_parse_choice(text, options[k], rng=rng) if parser == "mmmu" else parse_choice(text, options[k])
         hits += got == gold
     return hits / len(ids)
 

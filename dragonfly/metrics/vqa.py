@@ -137,10 +137,7 @@ def llava_med_normalize(text: str) -> str:
     out = text
     strip_all = _LM_DIGIT_COMMA.search(text) is not None
     for mark in _LM_PUNCT:
-        if strip_all or f"{mark} " in text or f" {mark}" in text:
-            out = out.replace(mark, "")
-        else:
-            out = out.replace(mark, " ")
+        out = out.replace(mark, "") if strip_all or f"{mark} " in text or f" {mark}" in text else out.replace(mark, " ")
     out = _LM_PERIOD.sub("", out, count=32)
     words = [_LM_NUMBER_WORDS.get(w, w) for w in out.lower().split()]
     return " ".join(w for w in words if w not in _LM_ARTICLES).replace(",", "")

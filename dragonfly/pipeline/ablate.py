@@ -36,6 +36,7 @@ from dragonfly.eval.ablation_report import VariantResult, write_report
 from dragonfly.eval.benchmarks import get_benchmark
 from dragonfly.eval.evaluator import PREDICTIONS_FILE
 from dragonfly.eval.scoring import read_predictions
+from dragonfly.files import atomic_write_json, read_jsonl
 from dragonfly.fingerprint import details, up_to_date
 from dragonfly.tracking import Tracking, tracking_uri
 from dragonfly.train.config import load_stage
@@ -99,16 +100,8 @@ def split_overrides(overrides: Sequence[str], stages: Sequence[str]) -> dict[str
     return out
 
 
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
-
-
 def _losses(metrics_jsonl: Path) -> dict[str, float]:
-    records = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()] \
-        if metrics_jsonl.is_file() else []
+    records = read_jsonl(metrics_jsonl) if metrics_jsonl.is_file() else []
     losses = [r["loss"] for r in records if "loss" in r]
     if not losses:
         return {}
@@ -174,7 +167,7 @@ def _evaluate_variant(plan: Plan, name: str, final: Path):
 def _run_variant(plan: Plan, name: str, layout: Mapping, parent_id: str | None) -> VariantResult:
     from transformers import AutoConfig
 
-    import dragonfly  # noqa: F401  (registers the Dragonfly config with AutoConfig)
+    import dragonfly.model.auto  # noqa: F401  (registers the Auto classes)
 
     tracker = None
     if plan.mlflow:
@@ -193,7 +186,7 @@ def _run_variant(plan: Plan, name: str, layout: Mapping, parent_id: str | None) 
             visual_tokens=cfg.image_seq_length, stage_seconds=seconds, stage_losses=losses,
             eval_seconds=eval_seconds, metrics=metrics, distinct_answers=distinct, reused_stages=reused_stages,
             reused_evals=reused_evals, run_id=tracker.run_id if tracker else None)
-        _write_json(plan.out_dir / name / VARIANT_FILE, result.to_dict())
+        atomic_write_json(plan.out_dir / name / VARIANT_FILE, result.to_dict(), indent=2, sort_keys=True, default=str)
         if tracker is not None:
             _log_variant(tracker, plan, result)
         status = "FINISHED"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dragonfly.config import DEFAULT_PARAMS, Profile, from_dict, load_profile, split_overrides
 from dragonfly.data.config import DataConfig, load_data_config
+from dragonfly.files import atomic_write_json, read_jsonl
 from dragonfly.fingerprint import file_digest, fingerprint, record, recorded, up_to_date
 from dragonfly.tracking import Tracking
 from dragonfly.train.config import (
@@ -19,10 +20,10 @@ from dragonfly.train.config import (
 
 # The code each step runs, for its fingerprint: an edit elsewhere (CLI, report, registry)
 # re-runs nothing.
-MODEL_CODE = ("modeling.py", "processing.py", "zoom.py", "processor.py", "build.py", "tiny.py", "weights.py",
-              "inference.py", "config.py")
+MODEL_CODE = ("model", "build.py", "weights.py", "inference.py", "config.py")
 TRAIN_CODE = (*MODEL_CODE, "train", "data")
-TOWER_CODE = ("train/backbone.py", "train/config.py", "tiny.py", "processing.py", "data/synth.py")
+TOWER_CODE = ("train/backbone.py", "train/config.py", "model/tiny.py", "model/specs.py", "model/processing.py",
+              "model/constants.py", "data/synth.py", "data/labels.py")
 EVAL_CODE = (*MODEL_CODE, "eval", "metrics", "data")
 
 
@@ -106,7 +107,7 @@ def pretrain_vision(profile: str = "tiny", params: str | Path | None = DEFAULT_P
     from dataclasses import asdict
 
     from dragonfly.config import ConfigError
-    from dragonfly.processing import TilingSpec
+    from dragonfly.model.processing import TilingSpec
     from dragonfly.train.backbone import pretrain, save_backbone
 
     prof = load_settings(params, profile, overrides).profile
@@ -155,12 +156,32 @@ def train(stage: str, profile: str = "tiny", params: str | Path = DEFAULT_PARAMS
     if not force and up_to_date(out, fp):
         if log is not None:
             log(f"stage {stage}: up to date ({out / 'final'}); skipped (--force retrains)")
+        _loss_csv(out)
         return out / "final"
     if resume == "auto":
         resume = _resumable(out, fp, log or (lambda _: None))
-    return train_stage(plan.settings.profile, plan.stage, plan.settings.data.root, plan.dataset_dir, out_dir=out,
-                       resume=resume, tracker_factory=_tracker_factory(plan.settings.profile, tracking),
-                       fingerprint=fp)
+    final = train_stage(plan.settings.profile, plan.stage, plan.settings.data.root, plan.dataset_dir, out_dir=out,
+                        resume=resume, tracker_factory=_tracker_factory(plan.settings.profile, tracking),
+                        fingerprint=fp)
+    _loss_csv(out)
+    return final
+
+
+LOSS_CSV = "loss.csv"
+
+
+def _loss_csv(out: Path) -> None:
+    """``<out>/loss.csv`` (step, loss, lr) from ``metrics.jsonl``: the loss curve in a format
+    DVC plots and spreadsheets read (DVC does not read JSON Lines)."""
+    import csv
+
+    rows = read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").is_file() else []
+    tmp = out / (LOSS_CSV + ".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "loss", "lr"])
+        writer.writerows([r["step"], r["loss"], r.get("lr", "")] for r in rows if "loss" in r)
+    tmp.replace(out / LOSS_CSV)
 
 
 @dataclass(frozen=True)
@@ -247,57 +268,110 @@ def model_fingerprint(final: Path) -> str:
     return recorded(final.parent) or f"{final}:{file_digest(final / 'config.json')}"
 
 
-def evaluate(model_dir: str | Path, benchmarks: list[str], params: str | Path = DEFAULT_PARAMS,
+@dataclass(frozen=True)
+class EvalOptions:
+    """How :func:`evaluate` reads and scores, beyond the benchmarks' defaults. ``root``:
+    the data root (default: ``params``' ``data.root``); ``data``: a samples JSONL, a built
+    mixture or a raw release instead of each benchmark's converted file; ``split`` and
+    ``sources`` override the benchmark's; ``max_new_tokens`` every task's answer limit."""
+
+    root: str | Path | None = None
+    data: str | Path | None = None
+    split: str | None = None
+    sources: tuple[str, ...] | None = None
+    max_new_tokens: int | None = None
+
+
+def evaluate(model_dir: str | Path, benchmarks: list[str], params: str | Path | None = DEFAULT_PARAMS,
              out_dir: str | Path = "eval", limit: int | None = None, batch_size: int = 16,
              tracking: Tracking | None = None, progress: bool = True, force: bool = False,
-             log=print) -> dict[str, dict]:
-    """Evaluate ``model_dir`` on ``benchmarks`` (samples under the data root of ``params``);
-    writes ``<out_dir>/<benchmark>/{predictions.jsonl,metrics.json}`` and ``summary.json``
-    and returns ``{benchmark: metrics}``. Skipped when the model, the benchmarks and the
-    settings are those the output records."""
+             log=print, options: EvalOptions = EvalOptions(), skip_missing: bool = False,
+             experiment: str = "dragonfly-eval") -> dict[str, dict]:
+    """Evaluate ``model_dir`` on ``benchmarks``; writes
+    ``<out_dir>/<benchmark>/{predictions.jsonl,metrics.json}`` and ``summary.json`` (which
+    keeps the entries of other benchmarks evaluated into the same ``out_dir`` earlier) and
+    returns ``{benchmark: metrics}``. Skipped when the model, the benchmarks, their samples
+    and the settings are those the output records. ``skip_missing``: a benchmark with no
+    samples is reported and left out instead of failing (``--benchmark all``)."""
     import json
     import time
 
     from dragonfly.eval import evaluate as evaluate_one
+    from dragonfly.eval.benchmarks import get_benchmark
+    from dragonfly.eval.evaluator import judge_unavailable
+    from dragonfly.eval.samples import NoSamplesError
     from dragonfly.inference import load
 
     began = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    root = Path(load_data_config(params).root)
-    settings = {"benchmarks": list(benchmarks), "limit": limit, "root": str(root)}
-    fp = evaluation_fingerprint(model_dir, benchmarks, params, limit)
+    root = _eval_root(params, options)
+    fp = evaluation_fingerprint(model_dir, benchmarks, params, limit, options)
     summary_path = out_dir / "summary.json"
+    previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     if not force and up_to_date(out_dir, fp):
-        log(f"evaluation of {model_dir}: up to date ({summary_path}); skipped")
-        return json.loads(summary_path.read_text())
-    loaded = load(model_dir)
-    results = {}
+        log(f"evaluation of {model_dir}: up to date ({summary_path}); skipped (--force evaluates again)")
+        return {name: previous[name] for name in benchmarks if name in previous}
+    loaded, results = None, {}
     for name in benchmarks:
-        tracker = tracking.tracker("dragonfly-eval", f"eval-{name}") if tracking is not None else None
+        if loaded is None and judge_unavailable(get_benchmark(name)) is None:
+            loaded = load(model_dir)  # once, shared by every benchmark; never for one skipped (no judge)
+        tracker = tracking.tracker(experiment, f"eval-{name}") if tracking is not None else None
         status = "FAILED"
         try:
-            results[name] = evaluate_one(model_dir, name, None, root, out_dir / name, batch_size, limit, tracker,
-                                         loaded=loaded, progress=progress)
+            results[name] = evaluate_one(model_dir, name, options.data, root, out_dir / name, batch_size, limit,
+                                         tracker, max_new_tokens=options.max_new_tokens, split=options.split,
+                                         sources=options.sources, loaded=loaded, progress=progress)
             status = "FINISHED"
+        except (NoSamplesError, FileNotFoundError) as err:
+            if not skip_missing:
+                raise
+            log(f"skip {name}: {err}")
+            status = "KILLED"
         finally:
             if tracker is not None:
                 tracker.finish(status)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    record(out_dir, fp, out_dir, model=str(model_dir), seconds=round(time.perf_counter() - began, 3), **settings)
+    atomic_write_json(summary_path, {**previous, **results}, indent=2, sort_keys=True)
+    record(out_dir, fp, out_dir, model=str(model_dir), seconds=round(time.perf_counter() - began, 3),
+           benchmarks=list(benchmarks), limit=limit, root=str(root))
     return results
 
 
-def evaluation_fingerprint(model_dir: str | Path, benchmarks: list[str], params: str | Path = DEFAULT_PARAMS,
-                           limit: int | None = None) -> str:
-    """What decides whether :func:`evaluate` runs: the model, the benchmarks, the limit and
-    the data root (batch size and progress bars change no number)."""
+def _eval_root(params: str | Path | None, options: EvalOptions) -> Path:
+    return Path(options.root) if options.root is not None else Path(load_data_config(params or DEFAULT_PARAMS).root)
+
+
+def _data_digest(path: Path) -> str:
+    """A samples file by its bytes; a built mixture by its manifest; a raw release folder by
+    its listing (names, sizes, modification times), never by reading every image."""
+    import hashlib
+
+    if path.is_file():
+        return file_digest(path)
+    for manifest in (path / "manifest.json", path.parent / "manifest.json"):
+        if manifest.is_file():
+            return file_digest(manifest)
+    listing = sorted((p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                     for p in path.rglob("*") if p.is_file())
+    return hashlib.sha256(repr(listing).encode()).hexdigest()
+
+
+def evaluation_fingerprint(model_dir: str | Path, benchmarks: list[str], params: str | Path | None = DEFAULT_PARAMS,
+                           limit: int | None = None, options: EvalOptions = EvalOptions()) -> str:
+    """What decides whether :func:`evaluate` runs: the model, the benchmarks, the limit, the
+    options and the samples' bytes (batch size and progress bars change no number)."""
+    from dataclasses import asdict
+
     from dragonfly.eval.benchmarks import get_benchmark
 
-    root = Path(load_data_config(params).root)
-    settings = {"benchmarks": list(benchmarks), "limit": limit, "root": str(root)}
-    # The test samples' bytes too: regenerated data is a new evaluation.
-    samples = {f"samples:{name}": file_digest(root / get_benchmark(name).default_path) for name in benchmarks}
+    root = _eval_root(params, options)
+    settings = {"benchmarks": list(benchmarks), "limit": limit, "root": str(root),
+                **{k: v for k, v in asdict(options).items() if k != "root"}}
+    # The samples' bytes too: regenerated data is a new evaluation.
+    if options.data is not None:
+        samples = {"samples": _data_digest(Path(options.data))}
+    else:
+        samples = {f"samples:{name}": file_digest(root / get_benchmark(name).default_path) for name in benchmarks}
     return fingerprint(settings, {"model": model_fingerprint(Path(model_dir)), **samples}, EVAL_CODE)
 
 

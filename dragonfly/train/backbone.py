@@ -19,83 +19,26 @@ Labels are per patch, derived from each glyph's coverage at the tile's own scale
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from rich.progress import Progress
 from transformers import CLIPImageProcessorPil, CLIPVisionModel, get_scheduler
 
+from dragonfly.data.labels import COLORS, patch_labels, tile_labels
 from dragonfly.data.synth import (
     PALETTES,
     SHAPES,
-    Scene,
     SynthConfig,
-    coverage_mask,
     make_scene,
     render,
 )
-from dragonfly.processing import CLIP_MEAN, CLIP_STD, TilingSpec, tile_image
-from dragonfly.tiny import TinySpec, vision_config
+from dragonfly.model.constants import CLIP_MEAN, CLIP_STD, IGNORE_INDEX
+from dragonfly.model.processing import TilingSpec, tile_grids, tile_image
+from dragonfly.model.specs import TinySpec
+from dragonfly.model.tiny import vision_config
 from dragonfly.train.config import BackbonePretrainConfig
-
-COLORS: tuple[str, ...] = tuple(sorted({c for palette in PALETTES.values() for c in palette}))
-COLOR_MIN = 0.03  # coverage below this is anti-aliasing fringe, not a glyph
-SHAPE_MIN = 0.15  # a patch must hold a real part of the glyph to be asked its shape
-IGNORE = -100
-
-
-def patch_labels(scene: Scene, glyph_area: float, grids: list[tuple[int, int]], tile: int,
-                 patch: int) -> tuple[np.ndarray, np.ndarray]:
-    """(shape, colour) label per patch of every tile, ``[T, (tile/patch)²]`` each.
-
-    ``grids`` are the (cols, rows) grids of the tiling in order (low, medium, high), in
-    the processor's ``stretch`` geometry: each grid maps the whole image onto its canvas.
-    Shape 0 / colour 0 mean background; ``IGNORE`` leaves a patch out of that loss.
-    """
-    width, height = scene.size
-    per_side = tile // patch
-    covers, scales = [], []
-    for cols, rows in grids:
-        scales += [min(cols * tile / width, rows * tile / height)] * (cols * rows)
-    for glyph in scene.glyphs:
-        mask = coverage_mask(scene.size, glyph, glyph_area)
-        per_grid = []
-        for cols, rows in grids:
-            canvas = np.asarray(mask.resize((cols * tile, rows * tile), Image.Resampling.BOX), np.float32) / 255
-            pooled = canvas.reshape(rows, per_side, patch, cols, per_side, patch).mean((2, 5))
-            per_grid.append(pooled.transpose(0, 2, 1, 3).reshape(rows * cols, per_side * per_side))
-        covers.append(np.concatenate(per_grid))
-    cover = np.stack(covers)  # [G, T, P]
-    best, amount = cover.argmax(0), cover.max(0)
-    shape_of = np.array([1 + SHAPES.index(g.shape) for g in scene.glyphs])
-    color_of = np.array([1 + COLORS.index(g.color) for g in scene.glyphs])
-    readable = (math.sqrt(glyph_area) * np.array(scales) >= patch)[:, None]
-    colour = np.where(amount > COLOR_MIN, color_of[best], 0)
-    shape = np.where(amount > COLOR_MIN, IGNORE, 0)
-    shape = np.where((amount > SHAPE_MIN) & readable, shape_of[best], shape)
-    return shape.astype(np.int64), colour.astype(np.int64)
-
-
-def tile_labels(shape: np.ndarray) -> np.ndarray:
-    """One shape label per tile, for the CLS token: the shape most of its readable patches
-    show, background when it holds no glyph, ``IGNORE`` when the glyph there is unreadable."""
-    out = np.zeros(len(shape), np.int64)
-    for t, row in enumerate(shape):
-        readable = row[row > 0]
-        if len(readable):
-            out[t] = np.bincount(readable).argmax()
-        elif (row == IGNORE).any():
-            out[t] = IGNORE
-    return out
-
-
-def tiled_grids(tiles: dict) -> list[tuple[int, int]]:
-    """The (cols, rows) grids of a ``tile_image`` result, in tile order: low, medium, high."""
-    high = [tuple(tiles["high_grid"])] if tiles["high_grid"][0] else []
-    return [(1, 1), tuple(tiles["medium_grid"]), *high]
 
 
 def tile_dataset(cfg: BackbonePretrainConfig, spec: TilingSpec, patch: int,
@@ -106,7 +49,7 @@ def tile_dataset(cfg: BackbonePretrainConfig, spec: TilingSpec, patch: int,
         synth = SynthConfig(variant=variants[i % len(variants)], glyph_area=cfg.glyph_area)
         scene = make_scene(synth, np.random.default_rng([cfg.seed, i]))
         tiles = tile_image(render(scene, synth), spec)
-        shape, colour = patch_labels(scene, cfg.glyph_area, tiled_grids(tiles), spec.tile_size, patch)
+        shape, colour = patch_labels(scene, cfg.glyph_area, tile_grids(tiles["medium_grid"], tiles["high_grid"]), spec.tile_size, patch)
         pixels.append(tiles["pixel_values"])
         shapes.append(torch.from_numpy(shape))
         colours.append(torch.from_numpy(colour))
@@ -170,7 +113,7 @@ def pretrain(spec: TinySpec, tiling: TilingSpec, cfg: BackbonePretrainConfig, fe
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     schedule = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=min(cfg.warmup_steps, cfg.steps),
                              num_training_steps=max(cfg.steps, 1))
-    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     generator = torch.Generator().manual_seed(cfg.seed)
     history = []
     with Progress(disable=not progress) as bar:

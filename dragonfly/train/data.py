@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from dragonfly.processor import IGNORE_INDEX
+from dragonfly.model.constants import IGNORE_INDEX
 
 
 class ConversationDataset(Dataset):

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import resource
-import shutil
 import time
 from pathlib import Path
 
@@ -23,8 +21,9 @@ from transformers import get_scheduler
 
 from dragonfly.config import Profile
 from dragonfly.errors import DragonflyError
+from dragonfly.files import append_jsonl, atomic_dir, read_jsonl, write_jsonl
 from dragonfly.fingerprint import record as record_fingerprint
-from dragonfly.processor import IGNORE_INDEX
+from dragonfly.model.constants import IGNORE_INDEX
 from dragonfly.train import checkpoint, state
 from dragonfly.train.config import StageConfig, stage_dir
 from dragonfly.train.data import Collator, ConversationDataset, StepBatches
@@ -115,24 +114,24 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
     found = _agreed_resume_point(accelerator, ckpt_root, console.print) if resume else None
     if found is not None:
         saved = checkpoint.read_state(found)
-        if fingerprint is not None and saved.get("fingerprint") not in (None, fingerprint):
-            # Same stage config, other inputs (a retrained previous stage, a rebuilt mixture):
-            # continuing would mix two runs into one model.
-            raise TrainingError(f"stage {stage.name}: cannot resume {found}: it was trained from other inputs "
-                                f"(fingerprint {saved['fingerprint'][:12]} vs {fingerprint[:12]}); train into a "
-                                f"fresh --out (or delete {ckpt_root})")
         if conflicts := resume_conflicts(saved.get("config"), stage):
             raise TrainingError(f"stage {stage.name}: cannot resume {found} with a different configuration "
                                 f"({'; '.join(conflicts)}); restore those values, or train into a fresh --out "
                                 f"(or delete {ckpt_root})")
+        if fingerprint is not None and saved.get("fingerprint") not in (None, fingerprint):
+            # The same stage config (checked above), other inputs (a retrained previous stage, a rebuilt mixture):
+            # continuing would mix two runs into one model.
+            raise TrainingError(f"stage {stage.name}: cannot resume {found}: it was trained from other inputs "
+                                f"(fingerprint {saved['fingerprint'][:12]} vs {fingerprint[:12]}); train into a "
+                                f"fresh --out (or delete {ckpt_root})")
         state.load(found, accelerator, model, optimizer, scheduler, console.print)
         start_step, run_id = saved["step"], saved.get("mlflow_run_id")
         console.print(f"[cyan]resumed[/] {stage.name} from {found} at step {start_step}/{total}")
     metrics_path = out / "metrics.jsonl"
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        kept = [r for r in _read_jsonl(metrics_path) if r["step"] <= start_step]  # drop steps redone after resume
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        old = read_jsonl(metrics_path) if metrics_path.is_file() else []
+        write_jsonl(metrics_path, [r for r in old if r["step"] <= start_step])  # drop steps redone after resume
     tracker = tracker_factory(stage, run_id) if (main and tracker_factory) else None
     if tracker is not None and run_id is None:
         tracker.log_params({"stage": dataclasses.asdict(stage), "world_size": accelerator.num_processes,
@@ -195,8 +194,7 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
         if step % stage.log_every == 0 or step == total:
             record = window.flush(accelerator, step, scheduler.get_last_lr()[0], grad_norm)
             if main:
-                with metrics_path.open("a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                append_jsonl(metrics_path, record)
                 if tracker is not None:
                     tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
         if step % stage.save_every == 0 or step == total:
@@ -205,12 +203,9 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
     final = out / "final"
     if main:
         unwrapped = accelerator.unwrap_model(model)
-        tmp = out / "final.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        unwrapped.save_pretrained(tmp, state_dict=accelerator.get_state_dict(model))
-        processor.save_pretrained(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        with atomic_dir(final) as tmp:
+            unwrapped.save_pretrained(tmp, state_dict=accelerator.get_state_dict(model))
+            processor.save_pretrained(tmp)
         if fingerprint is not None:
             record_fingerprint(out, fingerprint, final, stage=stage.name, seconds=round(time.perf_counter() - began, 3))
         if tracker is not None:
@@ -321,9 +316,3 @@ def _progress(console: Console, enabled: bool, total: int, start: int, name: str
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, desc=f"train {name}", disable=not enabled, unit="step")
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from dragonfly.data.cli import app
+from dragonfly.cli.data import app
 
 runner = CliRunner()
 

@@ -10,7 +10,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
-from dragonfly.data.images import ImageLoadError, load_image
+from dragonfly.model.images import ImageLoadError, load_image
 
 
 def test_monochrome1_chest_xray_is_inverted_and_8bit_rgb() -> None:

@@ -14,8 +14,8 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from dragonfly.cli.data import app
 from dragonfly.config import ConfigError
-from dragonfly.data.cli import app
 from dragonfly.data.manifest import StaleDatasetError, verify_dataset
 from dragonfly.data.mixture import MixtureConfig, SourceSpec, build_mixture
 from dragonfly.data.quarantine import (

@@ -11,6 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from dragonfly.cli.eval import app
 from dragonfly.data.synth import SynthConfig, write
 from dragonfly.eval import (
     BENCHMARKS,
@@ -21,7 +22,6 @@ from dragonfly.eval import (
     evaluate,
     get_benchmark,
 )
-from dragonfly.eval.cli import app
 
 runner = CliRunner()
 
@@ -167,3 +167,23 @@ def test_specs_are_consistent() -> None:
         assert all(g.scorer in SCORERS for g in spec.groups), spec.name
         assert all(spec.max_tokens(t) > 0 for t in spec.tasks)
         assert replace(spec) == spec
+
+
+def test_cli_goes_through_the_pipeline_step_and_skips_a_repeat(model_dir: Path, synth_data, tmp_path: Path) -> None:
+    """`dragonfly eval` is `pipeline.evaluate`: the same call again is skipped by its
+    fingerprint, a changed option or --force evaluates again."""
+    root, samples = synth_data
+    out = tmp_path / "out"
+    args = ["--model", str(model_dir), "--benchmark", "synth_general_vqa_open", "--data", str(samples),
+            "--root", str(root), "--out", str(out), "--limit", "2", "--batch-size", "2",
+            "--max-new-tokens", "2", "--no-progress"]
+    assert runner.invoke(app, args).exit_code == 0
+    predictions = out / "synth_general_vqa_open" / PREDICTIONS_FILE
+    first = predictions.stat().st_mtime_ns
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "up to date" in " ".join(again.output.split())
+    assert predictions.stat().st_mtime_ns == first
+    assert runner.invoke(app, [*args, "--limit", "1"]).exit_code == 0
+    assert len(predictions.read_text().splitlines()) == 1
+    forced = runner.invoke(app, [*args, "--limit", "1", "--force"])
+    assert forced.exit_code == 0 and "up to date" not in " ".join(forced.output.split())

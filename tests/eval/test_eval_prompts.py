@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from dragonfly.data.prompts import MCQ_SUFFIX, SHORT_SUFFIX, mcq_prompt
 from dragonfly.data.schema import Sample, Turn, user_assistant
-from dragonfly.data.sources._common import MCQ_SUFFIX, SHORT_SUFFIX, mcq_prompt
 from dragonfly.eval import PromptError, get_benchmark, messages, user_text
 from dragonfly.eval.benchmarks import CLOSED_SUFFIX
 from dragonfly.eval.prompts import has_instruction

@@ -13,10 +13,11 @@ import yaml
 
 from dragonfly.build import build_tiny
 from dragonfly.config import ConfigError
+from dragonfly.data.labels import COLORS, patch_labels
 from dragonfly.data.synth import SHAPES, Glyph, Scene
+from dragonfly.model.constants import IGNORE_INDEX
+from dragonfly.model.specs import TinySpec
 from dragonfly.pipeline import pretrain_vision
-from dragonfly.tiny import TinySpec
-from dragonfly.train.backbone import COLORS, IGNORE, patch_labels
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,7 +41,7 @@ def test_patch_labels_follow_the_glyph_at_every_scale():
     assert set(np.unique(colour[high])) == {0, blue}
     # Low tile: colour is labelled where the blob is, shape is left out (6 px < one patch).
     assert (colour[0] == blue).any()
-    assert set(np.unique(shape[0])) <= {0, IGNORE} and (shape[0] == IGNORE).any()
+    assert set(np.unique(shape[0])) <= {0, IGNORE_INDEX} and (shape[0] == IGNORE_INDEX).any()
 
 
 def test_patch_labels_pick_the_glyph_covering_most_of_a_patch():

@@ -16,7 +16,9 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from dragonfly.data.prompts import MCQ_SUFFIX, SHORT_SUFFIX, letters, mcq_prompt  # noqa: F401  (the converters' API)
 from dragonfly.data.quarantine import FILTERED, ConverterError, Rejection
+from dragonfly.files import atomic_write_bytes
 
 _SPLIT_ALIASES = {
     "train": "train",
@@ -29,8 +31,6 @@ _SPLIT_ALIASES = {
     "test": "test",
     "testmini": "test",
 }
-MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
-SHORT_SUFFIX = "Answer the question using a single word or phrase."
 
 
 # --- text files -------------------------------------------------------------------------
@@ -99,20 +99,6 @@ def answer_text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).strip()
-
-
-def letters(n: int) -> list[str]:
-    return [chr(ord("A") + i) for i in range(n)]
-
-
-def mcq_prompt(question: str, choices: Sequence[str], context: str = "") -> str:
-    lines = [f"Context: {context.strip()}"] if context and context.strip() else []
-    lines.append(question.strip())
-    lines.extend(
-        f"{letter}. {choice}" for letter, choice in zip(letters(len(choices)), choices, strict=True)
-    )
-    lines.append(MCQ_SUFFIX)
-    return "\n".join(lines)
 
 
 def normalise_split(name: str, file: str | Path = "") -> str:
@@ -210,8 +196,5 @@ def store_image_bytes(image: Any, root: Path, subdir: str) -> str | None:
     name = hashlib.sha1(data).hexdigest()[:20] + _image_suffix(data, str(image.get("path") or ""))
     target = root / subdir / name
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        atomic_write_bytes(target, data)
     return f"{subdir}/{name}"

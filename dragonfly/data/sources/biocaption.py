@@ -15,7 +15,7 @@ import io
 from pathlib import Path
 
 from dragonfly.data.quarantine import Converted, ConverterError
-from dragonfly.data.schema import Sample, user_assistant
+from dragonfly.data.schema import qa_sample
 from dragonfly.data.sources._common import (
     malformed,
     missing_keys,
@@ -34,21 +34,6 @@ TSV_SPLITS = {
     "val_images.tsv": "validation",
     "test_images.tsv": "test",
 }
-
-
-def _sample(
-    source: str, rid: str, split: str, task: str, images: list[str], text: str, origin: str
-) -> Sample:
-    return Sample(
-        id=rid,
-        source=source,
-        split=split,
-        task=task,
-        images=tuple(images),
-        turns=user_assistant(PROMPTS[task], text, len(images)),
-        answers=(text,) if text else (),
-        origin=origin,
-    )
 
 
 def convert_tsv(
@@ -73,8 +58,9 @@ def convert_tsv(
                     )
                     continue
                 image = rel_to_root(imgs / cols[0], root)
+                text = cols[1].strip()
                 out.samples.append(
-                    _sample(source, rid, split, task, [image], cols[1].strip(), f"{file}:{row}")
+                    qa_sample(rid, source, split, task, [image], PROMPTS[task], text, origin=f"{file}:{row}")
                 )
     return out
 
@@ -108,7 +94,9 @@ def convert_r2gen(
             else:
                 images = [rel_to_root(imgs / p, root) for p in rec["image_path"]]
                 text = str(rec["report"] or "").strip()
-                out.samples.append(_sample(source, rid, split, task, images, text, f"{file}:{row}"))
+                out.samples.append(
+                    qa_sample(rid, source, split, task, images, PROMPTS[task], text, origin=f"{file}:{row}")
+                )
             row += 1
     return out
 

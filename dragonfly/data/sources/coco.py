@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from dragonfly.data.quarantine import Converted, ConverterError, Rejection
-from dragonfly.data.schema import Sample, user_assistant
+from dragonfly.data.schema import qa_sample
 from dragonfly.data.sources._common import normalise_split, read_json, rel_to_root
 
 PROMPT = "Provide a one-sentence caption for the provided image."
@@ -45,16 +45,8 @@ def convert(
                 Rejection(source, rid, "empty_answer", "image has no captions", str(path), row)
             )
             continue
+        image = rel_to_root(folder / img["file_name"], root)
         out.samples.append(
-            Sample(
-                id=rid,
-                source=source,
-                split=split,
-                task="caption",
-                images=(rel_to_root(folder / img["file_name"], root),),
-                turns=user_assistant(PROMPT, refs[0], 1),
-                answers=tuple(refs),
-                origin=f"{path}:{row}",
-            )
+            qa_sample(rid, source, split, "caption", [image], PROMPT, refs[0], answers=refs, origin=f"{path}:{row}")
         )
     return out

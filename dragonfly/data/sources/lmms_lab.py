@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dragonfly.data.quarantine import Converted
-from dragonfly.data.schema import IMAGE_TOKEN, Sample, Turn
+from dragonfly.data.schema import qa_sample
 from dragonfly.data.sources._common import (
     SHORT_SUFFIX,
     answer_text,
@@ -227,17 +227,16 @@ def convert(
         if any(s is None for s in stored):
             out.rejections.append(malformed(source, p.rid, file, row, "image structs with bytes"))
             continue
-        prefix = (IMAGE_TOKEN + "\n") * len(stored)
         out.samples.append(
-            Sample(
-                id=p.rid,
-                source=source,
-                split=name,
-                task=p.task,
-                images=tuple(s for s in stored if s is not None),
-                turns=(Turn("user", prefix + p.question.strip()), Turn("assistant", p.answer)),
-                answers=(p.answer,) if p.answer else (),
-                choices=tuple(p.choices),
+            qa_sample(
+                p.rid,
+                source,
+                name,
+                p.task,
+                [s for s in stored if s is not None],
+                p.question,
+                p.answer,
+                choices=p.choices,
                 meta=p.meta,
                 origin=f"{file}:{row}",
             )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dragonfly.data.quarantine import Converted
-from dragonfly.data.schema import Sample, user_assistant
+from dragonfly.data.schema import qa_sample
 from dragonfly.data.sources._common import (
     SHORT_SUFFIX,
     answer_text,
@@ -37,14 +37,14 @@ def convert(path: Path, root: Path, source: str) -> Converted:
         task, answer = closed_or_open(answer_text(rec["answer"]))
         question = str(rec["question"] or "").strip()
         out.samples.append(
-            Sample(
-                id=rid,
-                source=source,
-                split=split,
-                task=task,
-                images=(image,),
-                turns=user_assistant(f"{question}\n{SHORT_SUFFIX}", answer, 1),
-                answers=(answer,) if answer else (),
+            qa_sample(
+                rid,
+                source,
+                split,
+                task,
+                [image],
+                f"{question}\n{SHORT_SUFFIX}",
+                answer,
                 meta={"question": question},
                 origin=f"{file}:{row}",
             )

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from dragonfly.data.quarantine import Converted, ConverterError, Rejection
-from dragonfly.data.schema import Sample, user_assistant
+from dragonfly.data.schema import qa_sample
 from dragonfly.data.sources._common import normalise_split, read_csv, rel_to_root
 
 PROMPT = "Write the findings section of the radiology report for this chest X-ray."
@@ -112,14 +112,14 @@ def convert(
         dicoms = sorted(group["dicom_id"], key=lambda d: (views.get(d, "") not in FRONTAL, d))
         images = [rel_to_root(path / sdir / f"{d}.jpg", root) for d in dicoms[:max_images]]
         out.samples.append(
-            Sample(
-                id=rid,
-                source=source,
-                split=split,
-                task="report",
-                images=tuple(images),
-                turns=user_assistant(PROMPT, findings, len(images)),
-                answers=(findings,),
+            qa_sample(
+                rid,
+                source,
+                split,
+                "report",
+                images,
+                PROMPT,
+                findings,
                 meta={"subject_id": subject, "study_id": study},
                 origin=f"{report_file}:0",
             )

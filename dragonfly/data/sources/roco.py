@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from dragonfly.data.quarantine import Converted, ConverterError
-from dragonfly.data.schema import Sample, user_assistant
+from dragonfly.data.schema import qa_sample
 from dragonfly.data.sources._common import malformed, normalise_split, read_csv, rel_to_root
 
 PROMPT = "Describe the radiology image in one sentence."
@@ -60,16 +60,8 @@ def convert(
                 out.rejections.append(malformed(source, rid, file, row, "an image file name"))
                 continue
             caption = rec["caption"].strip()
+            image = rel_to_root(imgs / rec["name"].strip(), root)
             out.samples.append(
-                Sample(
-                    id=rid,
-                    source=source,
-                    split=split,
-                    task="caption",
-                    images=(rel_to_root(imgs / rec["name"].strip(), root),),
-                    turns=user_assistant(PROMPT, caption, 1),
-                    answers=(caption,) if caption else (),
-                    origin=f"{file}:{row}",
-                )
+                qa_sample(rid, source, split, "caption", [image], PROMPT, caption, origin=f"{file}:{row}")
             )
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dragonfly.data.quarantine import Converted, ConverterError
-from dragonfly.data.schema import Sample, user_assistant
+from dragonfly.data.schema import qa_sample
 from dragonfly.data.sources._common import (
     SHORT_SUFFIX,
     answer_text,
@@ -65,14 +65,14 @@ def convert(path: Path, root: Path, source: str = "slake", images_dir: str = "im
             answer = (yes_no(answer) or answer) if closed else answer
             question = str(rec["question"]).strip()
             out.samples.append(
-                Sample(
-                    id=rid,
-                    source=source,
-                    split=split,
-                    task="vqa_closed" if closed else "vqa_open",
-                    images=(rel_to_root(imgs / str(rec["img_name"]), root),),
-                    turns=user_assistant(f"{question}\n{SHORT_SUFFIX}", answer, 1),
-                    answers=(answer,) if answer else (),
+                qa_sample(
+                    rid,
+                    source,
+                    split,
+                    "vqa_closed" if closed else "vqa_open",
+                    [rel_to_root(imgs / str(rec["img_name"]), root)],
+                    f"{question}\n{SHORT_SUFFIX}",
+                    answer,
                     meta={k: str(rec[k]) for k in META_KEYS if k in rec} | {"question": question},
                     origin=f"{file}:{row}",
                 )

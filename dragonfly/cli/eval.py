@@ -7,8 +7,6 @@ benchmark is one MLflow run (nested under an "eval" parent run for `--benchmark 
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +21,7 @@ from dragonfly.eval.benchmarks import (
     all_benchmarks,
     get_benchmark,
 )
-from dragonfly.eval.evaluator import evaluate, is_skipped, judge_unavailable
+from dragonfly.eval.evaluator import is_skipped
 from dragonfly.eval.samples import Loaded, NoSamplesError, is_dataset_dir, load_samples
 
 console = Console()
@@ -79,66 +77,6 @@ def _summary_table(results: dict[str, dict]) -> Table:
     return table
 
 
-@dataclass(frozen=True)
-class EvalRun:
-    """The per-benchmark settings of one `eval` invocation."""
-
-    model: Path
-    spec: BenchmarkSpec
-    out_dir: Path
-    batch_size: int
-    limit: int | None
-    max_new_tokens: int | None
-    split: str | None
-    sources: list[str] | None
-    progress: bool
-
-
-def _run_one(
-    run: EvalRun,
-    shared: Loaded | None,
-    data: Path | None,
-    root: Path,
-    loaded,
-    tracker,
-    tolerate_missing: bool,
-) -> dict | None:
-    """Evaluate one benchmark and finish its MLflow run; with `tolerate_missing` (for
-    `all`) a benchmark without samples is reported and skipped instead of failing."""
-    status = "FAILED"
-    try:
-        metrics = evaluate(
-            run.model,
-            run.spec,
-            shared.samples if shared is not None else data,
-            shared.root if shared is not None else root,
-            run.out_dir,
-            run.batch_size,
-            run.limit,
-            tracker,
-            max_new_tokens=run.max_new_tokens,
-            split=run.split,
-            sources=run.sources,
-            loaded=loaded,
-            progress=run.progress,
-        )
-        status = "FINISHED"
-    except (NoSamplesError, FileNotFoundError) as err:
-        if not tolerate_missing:
-            raise
-        console.print(f"[yellow]skip {run.spec.name}[/]: {err}")
-        status = "KILLED"
-        return None
-    finally:
-        if tracker is not None:
-            tracker.finish(status)
-    if is_skipped(metrics):
-        console.print(f"[yellow]{run.spec.name} skipped[/]: {metrics['skipped']}")
-    else:
-        console.print(f"[green]{run.spec.name}[/] → {run.out_dir}")
-    return metrics
-
-
 def eval_command(
     model: Annotated[
         str,
@@ -175,63 +113,46 @@ def eval_command(
     mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log to MLflow.")] = False,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = EXPERIMENT,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    force: Annotated[bool, typer.Option(help="Evaluate even when OUT records the same evaluation.")] = False,
 ) -> None:
     """Evaluate MODEL with greedy decoding; write predictions, metrics (DVC) and log to MLflow."""
+    from dragonfly.pipeline import EvalOptions, evaluate
+    from dragonfly.registry import resolve_model
+    from dragonfly.tracking import Tracking, tracking_uri
+
     try:
-        specs, shared = _plan(benchmark, data, root, split, source)
+        specs, _ = _plan(benchmark, data, root, split, source)
     except UnknownBenchmarkError as err:
         raise typer.BadParameter(str(err), param_hint="--benchmark") from None
-    from dragonfly.registry import resolve_model
-    from dragonfly.tracking import Tracker
-
     model = resolve_model(model)  # a models:/ URI becomes its downloaded directory
-
-    parent = Tracker(experiment, "eval") if mlflow and len(specs) > 1 else None
-    loaded = None
-    results: dict[str, dict] = {}
+    base = Tracking(tracking_uri()) if mlflow else None
+    parent = base.tracker(experiment, "eval") if base is not None and len(specs) > 1 else None
+    tracking = base.under(parent.run_id) if parent is not None else base
+    options = EvalOptions(root=root, data=data, split=split, sources=tuple(source) if source else None,
+                          max_new_tokens=max_new_tokens)
+    status = "FAILED"
     try:
-        for spec in specs:
-            if loaded is None and judge_unavailable(spec) is None:
-                from dragonfly.inference import load
-
-                loaded = load(model)  # once, shared by every benchmark
-            tracker = None
-            if mlflow:
-                parent_id = parent.run_id if parent else None
-                tracker = Tracker(experiment, f"eval-{spec.name}", parent_run_id=parent_id)
-            run = EvalRun(
-                model,
-                spec,
-                out / spec.name,
-                batch_size,
-                limit,
-                max_new_tokens,
-                split,
-                source,
-                progress,
-            )
-            metrics = _run_one(run, shared, data, root, loaded, tracker, benchmark == "all")
-            if metrics is not None:
-                results[spec.name] = metrics
+        results = evaluate(model, [s.name for s in specs], None, out, limit, batch_size, tracking, progress, force,
+                           console.print, options, skip_missing=benchmark == "all", experiment=experiment)
+        status = "FINISHED"
     except (NoSamplesError, FileNotFoundError) as err:
         console.print(f"[red]error[/]: {err}")
         raise typer.Exit(1) from None
     finally:
         if parent is not None:
-            parent.finish()
-    out.mkdir(parents=True, exist_ok=True)
-    summary_path = out / "summary.json"
-    # Benchmarks run one at a time into the same OUT accumulate in one summary.
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    summary.update(results)
-    summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            parent.finish(status)
+    for name, metrics in results.items():
+        if is_skipped(metrics):
+            console.print(f"[yellow]{name} skipped[/]: {metrics['skipped']}")
+        else:
+            console.print(f"[green]{name}[/] → {out / name}")
     console.print(_summary_table(results))
 
 
 # The command is the Typer's callback rather than a sub-command named "eval": mounted with
 # `root.add_typer(app, name="eval")` (as `dragonfly.cli._mount` does) it is then
 # `dragonfly eval --model ...`, not `dragonfly eval eval ...`; `root.command("eval")(eval_command)`
-# works as well, and `python -m dragonfly.eval.cli --model ...` runs it directly.
+# works as well, and `python -m dragonfly.cli.eval --model ...` runs it directly.
 app = typer.Typer(
     help="Evaluate a saved Dragonfly on the paper's benchmarks.",
     invoke_without_command=True,

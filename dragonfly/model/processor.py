@@ -1,7 +1,7 @@
 """Dragonfly's image processor and processor (tokenizer + images + chat template + labels).
 
 * :class:`DragonflyImageProcessor` turns images (PIL, paths, DICOM) into the tile tensors
-  of :mod:`dragonfly.processing`, batched.
+  of :mod:`dragonfly.model.processing`, batched.
 * :class:`DragonflyProcessor` renders conversations with a Llama-3 chat template,
   expands every ``<image>`` placeholder into ``image_seq_length`` image tokens at the id
   level, pads (left by default, for generation) and builds training labels that are
@@ -18,11 +18,9 @@ from PIL import Image, ImageOps
 from transformers import BatchFeature, ProcessorMixin
 from transformers.image_processing_utils import BaseImageProcessor
 
-from dragonfly.data.images import load_image
-from dragonfly.processing import CLIP_MEAN, CLIP_STD, TilingSpec, tile_image
-
-IGNORE_INDEX = -100
-IMAGE_TOKEN = "<image>"
+from dragonfly.model.constants import CLIP_MEAN, CLIP_STD, IGNORE_INDEX, IMAGE_TOKEN, PAPER_HIGH, PAPER_MEDIUM
+from dragonfly.model.images import load_image
+from dragonfly.model.processing import TilingSpec, tile_image
 
 # Llama-3 layout; `{% generation %}` marks what the assistant says (and its <|eot_id|>),
 # which is what `return_assistant_tokens_mask` — and so the labels — pick up.
@@ -60,8 +58,8 @@ class DragonflyImageProcessor(BaseImageProcessor):
     def __init__(
         self,
         tile_size: int = 224,
-        medium_grids: Sequence = ((2, 2), (1, 4), (4, 1)),
-        high_grids: Sequence = ((6, 4), (4, 6), (3, 8), (8, 3)),
+        medium_grids: Sequence = PAPER_MEDIUM,
+        high_grids: Sequence = PAPER_HIGH,
         resize_mode: str = "stretch",
         image_mean: Sequence[float] = CLIP_MEAN,
         image_std: Sequence[float] = CLIP_STD,
@@ -116,7 +114,11 @@ class DragonflyProcessor(ProcessorMixin):
     """Tokenizer + :class:`DragonflyImageProcessor` + Llama-3 chat template."""
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None,
-                 image_seq_length: int = 867, image_token: str = IMAGE_TOKEN, **kwargs):
+                 image_seq_length: int | None = None, image_token: str = IMAGE_TOKEN, **kwargs):
+        # The model's count (DragonflyConfig.image_seq_length), saved with the processor;
+        # no default, so a processor cannot disagree with its model.
+        if image_seq_length is None:
+            raise ValueError("image_seq_length is required: pass DragonflyConfig.image_seq_length")
         self.image_seq_length = image_seq_length
         self.image_token = image_token
         super().__init__(image_processor, tokenizer, chat_template=chat_template or LLAMA3_CHAT_TEMPLATE)

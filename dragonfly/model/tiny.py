@@ -7,12 +7,11 @@ selection, separators, chat template); only the widths, depths and tile size shr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import CLIPVisionConfig, LlamaConfig, PreTrainedTokenizerFast
 
-from dragonfly.processor import IMAGE_TOKEN
+from dragonfly.model.constants import IMAGE_TOKEN
+from dragonfly.model.specs import TinySpec
 
 # Llama-3's chat special tokens, plus the image placeholder.
 BOS, EOS, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
@@ -24,25 +23,6 @@ SPECIAL_TOKENS = [BOS, EOS, HEADER_START, HEADER_END, EOT, IMAGE_TOKEN]
 _CORPUS_WORDS = ["system", "user", "assistant", "you", "are", "a", "helpful", "vision", "language", "assistant", "describe", "the", "image", "what", "is", "shown", "in", "this", "picture", "is", "there", "a", "an", "in", "on", "at", "of", "with", "and", "or", "not", "yes", "no", "which", "how", "many", "shape", "color", "colour", "count", "small", "large", "tiny", "detail", "region", "corner", "top", "bottom", "left", "right", "center", "circle", "square", "triangle", "cross", "star", "diamond", "dot", "dots", "ring", "line", "red", "green", "blue", "yellow", "orange", "purple", "pink", "white", "black", "gray", "brown", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "zero", "answer", "question", "caption", "the", "photo", "shows", "contains", "appears", "looks", "like", "contains", "visible", "tissue", "glyph", "glyphs", "cell", "cells", "nucleus", "nuclei", "stained", "slide", "pathology", "radiology", "x-ray", "chest", "lung", "heart", "scan", "mri", "ct", "finding", "findings", "impression", "normal", "abnormal", "lesion", "mass", "opacity", "effusion", "fracture", "tumor", "option", "options", "choose", "letter", "correct", "a", "b", "c", "d", "e", "please", "briefly", "single", "word", "phrase", "sentence"]
 
 _CAPITALISED = ["there", "is", "are", "what", "which", "describe", "answer", "how", "the", "a", "an", "options"]
-
-
-@dataclass
-class TinySpec:
-    """Sizes of the tiny profile (all overridable from params.yaml)."""
-
-    tile_size: int = 32
-    patch_size: int = 8
-    vision_hidden: int = 64
-    vision_layers: int = 2
-    vision_heads: int = 2
-    text_hidden: int = 64
-    text_layers: int = 2
-    text_heads: int = 2
-    vocab_size: int = 1024  # room for the corpus words whole, in both forms
-    max_positions: int = 2048
-    # A pretrained tiny tower (written by `dragonfly pretrain-vision`) in the hub's vision-only
-    # CLIP layout; None keeps the random tower (fast tests).
-    vision_from: str | None = None
 
 
 def build_tokenizer(vocab_size: int = 1024, image_token: bool = True) -> PreTrainedTokenizerFast:

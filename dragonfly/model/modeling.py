@@ -3,11 +3,11 @@
 Data flows one way (paper Fig. 1):
 
 1. ``pixel_values`` ``[I, T, 3, R, R]`` hold, per image, the low tile, the Nm medium tiles
-   and the Nh high tiles (see :mod:`dragonfly.processing`).
+   and the Nh high tiles (see :mod:`dragonfly.model.processing`).
 2. Every tile goes through the same vision tower; features come from
    ``vision_feature_layer`` (CLS kept or dropped) and go through the projector.
 3. Summaries (mean projected token) of medium and high tiles drive the selection
-   (:func:`dragonfly.zoom.select_tiles`); ``Nm * k`` high tiles are kept.
+   (:func:`dragonfly.model.zoom.select_tiles`); ``Nm * k`` high tiles are kept.
 4. The image sequence is low, medium (row-major), kept high (row-major), each tile's
    tokens followed by one learned separator embedding; it replaces the image
    placeholder tokens in the text embeddings, and the LLM does the rest.
@@ -33,14 +33,14 @@ from transformers import (
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.utils import ModelOutput
 
-from dragonfly.processing import TilingSpec
-from dragonfly.zoom import ORDERS, STRATEGIES, select_tiles, summarize
+from dragonfly.model.processing import TilingSpec
+from dragonfly.model.specs import Layout
+from dragonfly.model.zoom import ORDERS, STRATEGIES, select_tiles, summarize
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 # Vision towers whose sequence starts with a CLS token (SigLIP has none).
 CLS_TOWERS = ("clip_vision_model",)
-PAPER_MEDIUM = [[2, 2], [1, 4], [4, 1]]
-PAPER_HIGH = [[6, 4], [4, 6], [3, 8], [8, 3]]
+_LAYOUT = Layout()
 
 
 class DragonflyConfig(PreTrainedConfig):
@@ -60,22 +60,23 @@ class DragonflyConfig(PreTrainedConfig):
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
     image_token_id: int = 128256
+    # The layout keys, with the defaults of the typed Layout (one definition).
     medium_grids: list | None = None
     high_grids: list | None = None
-    select_k: int = 3
-    strategy: str = "region"
-    select_order: str = "most_similar"
-    projector_type: str = "linear"
-    vision_feature_layer: int = -2
-    keep_cls: bool = True
-    resize_mode: str = "stretch"
+    select_k: int = _LAYOUT.select_k
+    strategy: str = _LAYOUT.strategy
+    select_order: str = _LAYOUT.select_order
+    projector_type: str = _LAYOUT.projector_type
+    vision_feature_layer: int = _LAYOUT.vision_feature_layer
+    keep_cls: bool = _LAYOUT.keep_cls
+    resize_mode: str = _LAYOUT.resize_mode
     recompute_kept_tiles: bool = True
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        self.medium_grids = [list(g) for g in (self.medium_grids or PAPER_MEDIUM)]
-        self.high_grids = [list(g) for g in (PAPER_HIGH if self.high_grids is None else self.high_grids)]
+        self.medium_grids = [list(g) for g in (self.medium_grids or _LAYOUT.medium_grids)]
+        self.high_grids = [list(g) for g in (_LAYOUT.high_grids if self.high_grids is None else self.high_grids)]
         self.validate_layout()
 
     def validate_layout(self) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +37,6 @@ class ImageLoadError(DragonflyError):
 
 class ImageTooLargeError(ImageLoadError):
     """An image with more pixels than allowed (a decompression bomb, or just too big)."""
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    width: int
-    height: int
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -187,8 +180,3 @@ def _load_dicom(path: Path) -> Image.Image:
     if arr.ndim != 2:
         raise ImageLoadError(path, f"unexpected DICOM pixel array shape {arr.shape}")
     return Image.fromarray(arr).convert("RGB")
-
-
-def image_size(path: str | Path) -> ImageInfo:
-    img = load_image(path)
-    return ImageInfo(width=img.width, height=img.height)

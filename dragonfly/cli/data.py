@@ -14,7 +14,6 @@ from rich.table import Table
 
 from dragonfly.config import DEFAULT_PARAMS as PARAMS_FILE
 from dragonfly.data.config import DataConfig, load_data_config
-from dragonfly.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from dragonfly.data.mixture import build_mixture
 from dragonfly.data.quarantine import (
     RejectedFractionError,
@@ -28,6 +27,7 @@ from dragonfly.data.sources import FORMATS, native
 from dragonfly.data.sources import convert as run_converter
 from dragonfly.data.synth import write as write_synth
 from dragonfly.data.validate import missing_images, validate_samples
+from dragonfly.model.images import DEFAULT_MAX_IMAGE_PIXELS
 
 app = typer.Typer(help="Data: convert sources, validate, build mixtures, synthetic benchmark.")
 console = Console()

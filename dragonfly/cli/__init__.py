@@ -41,14 +41,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _mount(module: str, name: str, help_text: str) -> None:
-    """Attach a sub-application owned by another module, when that module exists."""
-    try:
-        sub = importlib.import_module(module).app
-    except ModuleNotFoundError as err:
-        if err.name != module:
-            raise
-        return
-    app.add_typer(sub, name=name, help=help_text)
+    """Attach a sub-application owned by another module."""
+    app.add_typer(importlib.import_module(module).app, name=name, help=help_text)
 
 
 @app.command()
@@ -79,8 +73,8 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON record instead of the bare answer."),
 ):
     """Answer QUESTION about IMAGE with MODEL."""
-    from dragonfly.data.images import load_image
     from dragonfly.inference import answer, load
+    from dragonfly.model.images import load_image
     from dragonfly.registry import resolve_model
 
     net, processor = load(resolve_model(model))
@@ -90,13 +84,11 @@ def predict(
         from dragonfly.viz import draw_selection
 
         viz.parent.mkdir(parents=True, exist_ok=True)
-        shown = picture
-        if processor.image_processor.resize_mode == "pad":  # draw on the canvas the tiles were cut from
-            from dragonfly.processing import letterbox
+        from dragonfly.model.processing import canvas
 
-            grid = result.high_grid if result.high_grid != (0, 0) else result.medium_grid
-            mean = processor.image_processor.image_mean
-            shown = letterbox(picture.convert("RGB"), grid[0] / grid[1], tuple(round(255 * m) for m in mean))
+        high = result.high_grid if result.high_grid != (0, 0) else None
+        # Drawn on the canvas the tiles were cut from (letterboxed in pad mode).
+        shown = canvas(picture, processor.image_processor.spec, result.medium_grid, high)
         draw_selection(shown, result.medium_grid, result.high_grid, result.selected_tiles).save(viz)
     if as_json:
         print(json.dumps({"question": question, "answer": result.text, "selected_tiles": result.selected_tiles,
@@ -219,9 +211,6 @@ def launch_cmd(
     print(launch_command(stage, profile, nodes, gpus))
 
 
-_mount("dragonfly.data.cli", "data", "Convert, validate, build and synthesise datasets.")
-_mount("dragonfly.eval.cli", "eval", "Evaluate a model on the paper's benchmarks (or the synthetic one).")
+_mount("dragonfly.cli.data", "data", "Convert, validate, build and synthesise datasets.")
+_mount("dragonfly.cli.eval", "eval", "Evaluate a model on the paper's benchmarks (or the synthetic one).")
 
-
-if __name__ == "__main__":
-    main()

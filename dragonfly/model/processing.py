@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dragonfly.model.constants import CLIP_MEAN, CLIP_STD, PAPER_HIGH, PAPER_MEDIUM
+
 Grid = tuple[int, int]  # (columns, rows)
 
 RESIZE_MODES = ("stretch", "pad")
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def select_grid(size: tuple[int, int], grids: Sequence[Grid], tile_size: int = 224) -> Grid:
@@ -88,8 +88,8 @@ class TilingSpec:
     """Everything that decides how an image becomes tiles."""
 
     tile_size: int = 224
-    medium_grids: tuple[Grid, ...] = ((2, 2), (1, 4), (4, 1))
-    high_grids: tuple[Grid, ...] = ((6, 4), (4, 6), (3, 8), (8, 3))
+    medium_grids: tuple[Grid, ...] = PAPER_MEDIUM
+    high_grids: tuple[Grid, ...] = PAPER_HIGH
     resize_mode: str = "stretch"
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
@@ -175,6 +175,21 @@ def _resized_sources(image: Image.Image, sizes: list[tuple[int, int]]) -> list[I
     return out
 
 
+def tile_grids(medium: tuple[int, int], high: tuple[int, int] | None) -> list[tuple[int, int]]:
+    """The (cols, rows) grids of one image's tiles, in tile order: low, medium, high
+    (``high`` None or ``(0, 0)``: none)."""
+    return [(1, 1), tuple(medium), *([tuple(high)] if high and high[0] else [])]
+
+
+def canvas(image: Image.Image, spec: TilingSpec, medium: tuple[int, int], high: tuple[int, int] | None) -> Image.Image:
+    """The picture the tiles are cut from: ``image`` itself (``stretch``), or letterboxed with
+    the mean colour to the high (else medium) grid's aspect (``pad``)."""
+    if spec.resize_mode != "pad":
+        return image
+    target = high or medium
+    return letterbox(image.convert("RGB"), target[0] / target[1], tuple(round(255 * m) for m in spec.image_mean))
+
+
 def tile_image(image: Image.Image, spec: TilingSpec, out: torch.Tensor | None = None) -> dict:
     """One image → its tiles, normalised, with the chosen grids and the region map.
 
@@ -186,12 +201,9 @@ def tile_image(image: Image.Image, spec: TilingSpec, out: torch.Tensor | None = 
     image = image.convert("RGB") if image.mode != "RGB" else image
     original_size = image.size
     medium, high = spec.choose_grids(original_size)
-    if spec.resize_mode == "pad":
-        target = high or medium
-        fill = tuple(round(255 * m) for m in spec.image_mean)
-        image = letterbox(image, target[0] / target[1], fill)
+    image = canvas(image, spec, medium, high)
     tile = spec.tile_size
-    grids = [(1, 1), medium] + ([high] if high else [])
+    grids = tile_grids(medium, high)
     if out is None:
         out = torch.empty(spec.num_tiles, 3, tile, tile)
     start = 0

@@ -22,8 +22,8 @@ from transformers.models.llava_next.image_processing_pil_llava_next import (
     LlavaNextImageProcessorPil,
 )
 
-from dragonfly.data.images import load_image
-from dragonfly.processor import DragonflyImageProcessor
+from dragonfly.model.images import load_image
+from dragonfly.model.processor import DragonflyImageProcessor
 
 HIGH_GRIDS = [(6, 4), (4, 6), (3, 8), (8, 3)]
 

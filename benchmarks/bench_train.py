@@ -27,8 +27,8 @@ from transformers import CLIPVisionConfig, LlamaConfig
 
 from dragonfly.build import build_tiny, make_processor
 from dragonfly.config import Layout
-from dragonfly.modeling import DragonflyConfig, DragonflyForConditionalGeneration
-from dragonfly.tiny import build_tokenizer
+from dragonfly.model.modeling import DragonflyConfig, DragonflyForConditionalGeneration
+from dragonfly.model.tiny import build_tokenizer
 
 VARIANTS = {
     "Dragonfly (region, drop-without-grad)": ({}, True),

@@ -41,18 +41,10 @@ def main(repeats: int = 3) -> None:
         synth_s = time.perf_counter() - start
         n_images = sum(sum(s.counts().values()) for s in cfg.synth)
         with_images, n = timed_build(tiny, root, root / "with", repeats)
-        without, _ = timed_build(
-            replace(tiny, validate_images=False), root, root / "without", repeats
-        )
-    print(
-        f"synthetic generation: {n_images} images in {synth_s:.2f} s ({n_images / synth_s:.0f} images/s)"
-    )
-    print(
-        f"build, image validation on : {n} samples in {with_images:.2f} s = {n / with_images:.0f} samples/s"
-    )
-    print(
-        f"build, image validation off: {n} samples in {without:.2f} s = {n / without:.0f} samples/s"
-    )
+        without, _ = timed_build(replace(tiny, validate_images=False), root, root / "without", repeats)
+    print(f"synthetic generation: {n_images} images in {synth_s:.2f} s ({n_images / synth_s:.0f} images/s)")
+    print(f"build, image validation on : {n} samples in {with_images:.2f} s = {n / with_images:.0f} samples/s")
+    print(f"build, image validation off: {n} samples in {without:.2f} s = {n / without:.0f} samples/s")
     print(f"ratio on/off: {without / with_images:.2f}x of the no-validation throughput")
 
 

@@ -33,8 +33,10 @@ from dragonfly.model.tiny import build_tokenizer
 VARIANTS = {
     "Dragonfly (region, drop-without-grad)": ({}, True),
     "Dragonfly (region, keep all grads)": ({}, False),
-    "Baseline-3 (25 tiles to the LLM)": ({"strategy": "none", "high_grids": [],
-                                          "medium_grids": [[6, 4], [4, 6], [3, 8], [8, 3]]}, True),
+    "Baseline-3 (25 tiles to the LLM)": (
+        {"strategy": "none", "high_grids": [], "medium_grids": [[6, 4], [4, 6], [3, 8], [8, 3]]},
+        True,
+    ),
     "Baseline-1 (5 tiles)": ({"strategy": "none", "high_grids": []}, True),
 }
 
@@ -42,14 +44,18 @@ VARIANTS = {
 def images(n: int, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     sizes = [(384, 256), (256, 384), (512, 192), (320, 320)]
-    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in (sizes[i % 4] for i in range(n))]
+    return [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in (sizes[i % 4] for i in range(n))
+    ]
 
 
 def batch_for(processor, pics: list[Image.Image]) -> dict:
     from dragonfly.train.data import Collator
 
-    msgs = [{"role": "user", "content": "<image>\nWhat shapes are in the image?"},
-            {"role": "assistant", "content": "A small red triangle and a blue circle."}]
+    msgs = [
+        {"role": "user", "content": "<image>\nWhat shapes are in the image?"},
+        {"role": "assistant", "content": "A small red triangle and a blue circle."},
+    ]
     return Collator(processor.tokenizer.pad_token_id)([processor.encode_conversation(msgs, [p]) for p in pics])
 
 
@@ -96,7 +102,9 @@ def tiny_table(steps: int, batch_size: int) -> None:
     print(f"\ntiny profile, batch {batch_size}, all parts trainable, median of {steps} steps")
     print(f"{'variant':<40}{'tiles→LLM':>10}{'pos/img':>9}{'samples/s':>11}{'×':>7}{'act. MB':>9}{'×':>7}")
     for name, kept, seq, speed, mem in rows:
-        print(f"{name:<40}{kept:>10}{seq:>9}{speed:>11.2f}{speed / ref_speed:>7.2f}{mem / 2**20:>9.1f}{mem / ref_mem:>7.2f}")
+        print(
+            f"{name:<40}{kept:>10}{seq:>9}{speed:>11.2f}{speed / ref_speed:>7.2f}{mem / 2**20:>9.1f}{mem / ref_mem:>7.2f}"
+        )
     one = build_tiny(seed=0)[0].train()
     single = batch_for(build_tiny(seed=0)[1], images(1))
     print(f"one image forward+backward (tiny, Dragonfly): {step_seconds(one, single, steps) * 1000:.0f} ms")
@@ -105,22 +113,41 @@ def tiny_table(steps: int, batch_size: int) -> None:
 def paper_vision(batch_size: int) -> None:
     """CLIP ViT-B/32-sized tower (88M, random init) + a narrow LLM: the trick's effect at R = 224."""
     tokenizer = build_tokenizer(512)
-    vision = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                              image_size=224, patch_size=32)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048)
-    cfg = DragonflyConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    vision = CLIPVisionConfig(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        image_size=224,
+        patch_size=32,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+    )
+    cfg = DragonflyConfig(
+        vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>")
+    )
     model = DragonflyForConditionalGeneration(cfg).train()
     processor = make_processor(cfg, tokenizer)
     batch = batch_for(processor, images(batch_size))
-    print(f"\nCLIP ViT-B/32-sized tower, R = 224, {cfg.num_encoded_tiles} tiles encoded, {cfg.num_kept_tiles} kept, batch {batch_size}")
+    print(
+        f"\nCLIP ViT-B/32-sized tower, R = 224, {cfg.num_encoded_tiles} tiles encoded, {cfg.num_kept_tiles} kept, batch {batch_size}"
+    )
     results = {}
     for recompute in (True, False):
         model.config.recompute_kept_tiles = recompute
         results[recompute] = (saved_bytes(model, batch), step_seconds(model, batch, 3))
     (m_on, t_on), (m_off, t_off) = results[True], results[False]
-    print(f"activations kept for backward: {m_on / 2**20:.0f} MB with the trick vs {m_off / 2**20:.0f} MB without "
-          f"({m_on / m_off:.2f}×); step time {t_on:.2f} s vs {t_off:.2f} s ({t_on / t_off:.2f}×)")
+    print(
+        f"activations kept for backward: {m_on / 2**20:.0f} MB with the trick vs {m_off / 2**20:.0f} MB without "
+        f"({m_on / m_off:.2f}×); step time {t_on:.2f} s vs {t_off:.2f} s ({t_on / t_off:.2f}×)"
+    )
 
 
 def main() -> None:

@@ -22,8 +22,9 @@ from dragonfly.weights import DUAL_ENCODER_UNUSED, load_strict
 
 def _dragonfly_config(vision_cfg, text_cfg, image_token_id: int, layout: Layout) -> DragonflyConfig:
     try:
-        return DragonflyConfig(vision_config=vision_cfg, text_config=text_cfg, image_token_id=image_token_id,
-                               **asdict(layout))
+        return DragonflyConfig(
+            vision_config=vision_cfg, text_config=text_cfg, image_token_id=image_token_id, **asdict(layout)
+        )
     except ValueError as err:  # the model core validates the layout; name it as the config key
         raise ConfigError(f"model.layout: {err}") from None
 
@@ -53,14 +54,19 @@ def build_tiny(spec: TinySpec | None = None, layout: Layout | None = None, seed:
     tower, vision_cfg, mean, std = None, vision_config(spec), CLIP_MEAN, CLIP_STD
     if spec.vision_from:
         if not (Path(spec.vision_from) / "config.json").is_file():
-            raise ConfigError(f"model.tiny.vision_from={spec.vision_from!r} holds no vision checkpoint",
-                              hint="write it with `dragonfly pretrain-vision` (or set model.tiny.vision_from=null)")
+            raise ConfigError(
+                f"model.tiny.vision_from={spec.vision_from!r} holds no vision checkpoint",
+                hint="write it with `dragonfly pretrain-vision` (or set model.tiny.vision_from=null)",
+            )
         tower, vision_cfg, mean, std = _vision_backbone(spec.vision_from, torch.float32)
         if (vision_cfg.image_size, vision_cfg.patch_size) != (spec.tile_size, spec.patch_size):
-            raise ConfigError(f"{spec.vision_from} has tile/patch {vision_cfg.image_size}/{vision_cfg.patch_size}, "
-                             f"the profile asks for {spec.tile_size}/{spec.patch_size}")
-    config = _dragonfly_config(vision_cfg, text_config(spec, tokenizer),
-                               tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), layout)
+            raise ConfigError(
+                f"{spec.vision_from} has tile/patch {vision_cfg.image_size}/{vision_cfg.patch_size}, "
+                f"the profile asks for {spec.tile_size}/{spec.patch_size}"
+            )
+    config = _dragonfly_config(
+        vision_cfg, text_config(spec, tokenizer), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), layout
+    )
     torch.manual_seed(seed)
     model = DragonflyForConditionalGeneration(config, vision_tower=tower)
     return model, make_processor(config, tokenizer, mean, std)
@@ -79,8 +85,7 @@ def _vision_backbone(path: str, dtype: torch.dtype):
     return tower, vision_cfg, mean, std
 
 
-def build_from_backbones(vision: str, llm: str, layout: Layout | None = None, dtype: str = "float32",
-                         seed: int = 0):
+def build_from_backbones(vision: str, llm: str, layout: Layout | None = None, dtype: str = "float32", seed: int = 0):
     """Pretrained vision encoder + pretrained causal LLM + a fresh projector.
 
     The ``<image>`` token is added to the tokenizer as a special token; the model never

@@ -35,8 +35,10 @@ def check_keys(data: dict, valid, where: str = "") -> None:
     if unknown:
         key = unknown[0]
         more = f" (and {', '.join(map(str, unknown[1:]))})" if len(unknown) > 1 else ""
-        raise ConfigError(f"unknown key {where}{key}{close_match(str(key), valid)}{more}; "
-                          f"valid keys under {where.rstrip('.') or 'the top level'}: {', '.join(valid)}")
+        raise ConfigError(
+            f"unknown key {where}{key}{close_match(str(key), valid)}{more}; "
+            f"valid keys under {where.rstrip('.') or 'the top level'}: {', '.join(valid)}"
+        )
 
 
 @dataclass
@@ -158,23 +160,28 @@ def split_overrides(overrides: list[str] | None) -> tuple[list[str], list[str]]:
     return [o for o in items if not o.startswith("data.")], [o[5:] for o in items if o.startswith("data.")]
 
 
-def load_profile(name: str = "tiny", path: str | Path = DEFAULT_PARAMS,
-                 overrides: list[str] | None = None) -> Profile:
+def load_profile(name: str = "tiny", path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> Profile:
     """The named profile of ``params.yaml`` with dotted overrides applied (profile-relative)."""
     profiles = load_params(path).get("profiles") or {}
     if name not in profiles:
-        raise ConfigError(f"profile {name!r} not in {path}{close_match(name, profiles)}; "
-                          f"available: {', '.join(profiles) or 'none'}")
+        raise ConfigError(
+            f"profile {name!r} not in {path}{close_match(name, profiles)}; available: {', '.join(profiles) or 'none'}"
+        )
     tree: dict[str, Any] = copy.deepcopy(profiles[name] or {})
     for item in overrides or []:
         if item.startswith("data."):
-            raise ConfigError(f"override {item!r} edits the data section, not the profile; "
-                              "pass it where the data config is loaded")
+            raise ConfigError(
+                f"override {item!r} edits the data section, not the profile; pass it where the data config is loaded"
+            )
         set_dotted(tree, item)
     check_keys(tree, PROFILE_KEYS, f"profiles.{name}.")
     for key in ("stages", "vision_pretrain"):
         if not isinstance(tree.get(key) or {}, dict):
             raise ConfigError(f"profiles.{name}.{key}: expected a mapping")
-    return Profile(name=name, model=from_dict(ModelSection, tree.get("model"), "model."),
-                   stages=tree.get("stages") or {}, vision_pretrain=tree.get("vision_pretrain") or {},
-                   runs_dir=str(tree.get("runs_dir", "runs")))
+    return Profile(
+        name=name,
+        model=from_dict(ModelSection, tree.get("model"), "model."),
+        stages=tree.get("stages") or {},
+        vision_pretrain=tree.get("vision_pretrain") or {},
+        runs_dir=str(tree.get("runs_dir", "runs")),
+    )

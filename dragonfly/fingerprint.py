@@ -78,10 +78,14 @@ def record(out_dir: str | Path, value: str, outputs: str | Path | None = None, *
     out_dir = Path(out_dir)
     files = {}
     if outputs is not None:
-        files = {p.relative_to(out_dir).as_posix(): p.stat().st_size
-                 for p in sorted(Path(outputs).rglob("*")) if p.is_file() and not p.name.startswith("fingerprint.")}
-    atomic_write_json(out_dir / RECORD, {"fingerprint": value, "files": files, **details}, indent=1, sort_keys=True,
-                      default=str)
+        files = {
+            p.relative_to(out_dir).as_posix(): p.stat().st_size
+            for p in sorted(Path(outputs).rglob("*"))
+            if p.is_file() and not p.name.startswith("fingerprint.")
+        }
+    atomic_write_json(
+        out_dir / RECORD, {"fingerprint": value, "files": files, **details}, indent=1, sort_keys=True, default=str
+    )
 
 
 def up_to_date(out_dir: str | Path, value: str) -> bool:
@@ -94,5 +98,6 @@ def up_to_date(out_dir: str | Path, value: str) -> bool:
         return False
     if not isinstance(saved, dict) or saved.get("fingerprint") != value or not saved.get("files"):
         return False
-    return all((out_dir / name).is_file() and (out_dir / name).stat().st_size == size
-               for name, size in saved["files"].items())
+    return all(
+        (out_dir / name).is_file() and (out_dir / name).stat().st_size == size for name, size in saved["files"].items()
+    )

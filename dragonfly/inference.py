@@ -48,9 +48,10 @@ def answer(model, processor, images: list, questions: list[str], max_new_tokens:
     prompts = [processor.build_prompt(user_message(q)) for q in questions]
     inputs = processor(text=prompts, images=images, padding_side="left")
     prefill = model(**inputs)  # one forward to report which tiles the zoom kept
-    generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                               pad_token_id=processor.tokenizer.pad_token_id)
-    texts = processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    generated = model.generate(
+        **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id
+    )
+    texts = processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     kept = prefill.selected_tiles
     grids = inputs["image_grids"].tolist()
     return [

@@ -277,9 +277,7 @@ def _ensure_registered(client, name: str) -> None:
         client.create_registered_model(name)
 
 
-def _version_tags(
-    metrics: Mapping[str, float], tags: Mapping[str, str] | None, model_dir: Path
-) -> dict[str, str]:
+def _version_tags(metrics: Mapping[str, float], tags: Mapping[str, str] | None, model_dir: Path) -> dict[str, str]:
     out = {f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items()}
     out.update({str(k): str(v) for k, v in (tags or {}).items()})
     out[MODEL_DIR_TAG] = str(model_dir)
@@ -312,11 +310,7 @@ def decide(value: float, version: int, champion, track: RegistryTrack) -> tuple[
     gain = value - old if track.direction == "maximize" else old - value
     moved = gain > track.min_gain
     verdict = "beats" if moved else "does not beat"
-    head = (
-        f"champion moves to version {version}"
-        if moved
-        else f"champion stays version {champion.version}"
-    )
+    head = f"champion moves to version {version}" if moved else f"champion stays version {champion.version}"
     return moved, (
         f"{head}: {metric} {_fmt(value)} of version {version} {verdict} "
         f"{_fmt(old)} of version {champion.version} by more than "
@@ -409,9 +403,7 @@ def _find_version(client, name: str, alias: str | None, number: str | None):
     aliases = ", ".join(f"@{a} (version {v})" for a, v in sorted(model.aliases.items()))
     known = f"aliases: {aliases or 'none'}; versions: {', '.join(map(str, versions)) or 'none'}"
     if alias is not None and alias not in model.aliases:
-        raise DragonflyError(
-            f"model {name!r} has no alias @{alias}{close_match(alias, model.aliases)}; {known}"
-        )
+        raise DragonflyError(f"model {name!r} has no alias @{alias}{close_match(alias, model.aliases)}; {known}")
     if number is not None and int(number) not in versions:
         raise DragonflyError(f"model {name!r} has no version {number}; {known}")
     return client.get_model_version(name, model.aliases[alias] if alias else number)
@@ -431,9 +423,7 @@ def _download(version, uri: str, cache: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{version.version}-", dir=target.parent))
     try:
         inside = _artifact_path(version.source, uri, staging)
-        download_artifacts(
-            artifact_uri=f"{version.source}/{inside}", dst_path=str(staging), tracking_uri=uri
-        )
+        download_artifacts(artifact_uri=f"{version.source}/{inside}", dst_path=str(staging), tracking_uri=uri)
         (staging / Path(inside).name).rename(staging / ARTIFACT)
         (staging / SOURCE_FILE).write_text(version.source, encoding="utf-8")
         shutil.rmtree(target, ignore_errors=True)
@@ -449,9 +439,7 @@ def _artifact_path(source: str, uri: str, scratch: Path) -> str:
     from mlflow.artifacts import download_artifacts
     from mlflow.models import Model
 
-    local = download_artifacts(
-        artifact_uri=f"{source}/MLmodel", dst_path=str(scratch / ".meta"), tracking_uri=uri
-    )
+    local = download_artifacts(artifact_uri=f"{source}/MLmodel", dst_path=str(scratch / ".meta"), tracking_uri=uri)
     flavor = Model.load(local).flavors.get("python_function", {})
     shutil.rmtree(scratch / ".meta")
     entry = (flavor.get("artifacts") or {}).get(ARTIFACT)

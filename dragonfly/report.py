@@ -42,17 +42,31 @@ def report_rows(summary: dict) -> list[dict]:
             for key, value in sorted(metrics.items()):
                 if isinstance(value, int | float) and key.endswith(HEADLINE):
                     level = _chance_for(key, chance)
-                    rows.append({"track": track, "benchmark": bench, "metric": key, "value": round(float(value), 4),
-                                 "chance": round(level, 4) if level is not None else None})
+                    rows.append(
+                        {
+                            "track": track,
+                            "benchmark": bench,
+                            "metric": key,
+                            "value": round(float(value), 4),
+                            "chance": round(level, 4) if level is not None else None,
+                        }
+                    )
     return rows
 
 
 def pipeline_report(summary: dict, tracking_uri: str | None = None) -> str:
-    lines = [f"# Dragonfly pipeline: profile `{summary['profile']}`", "",
-             f"Stages run: {', '.join(summary.get('stages', [])) or 'none'}.", ""]
+    lines = [
+        f"# Dragonfly pipeline: profile `{summary['profile']}`",
+        "",
+        f"Stages run: {', '.join(summary.get('stages', [])) or 'none'}.",
+        "",
+    ]
     rows = report_rows(summary)
     if rows:
-        lines += ["| track | benchmark | metric | value | chance (majority answer) |", "| --- | --- | --- | ---: | ---: |"]
+        lines += [
+            "| track | benchmark | metric | value | chance (majority answer) |",
+            "| --- | --- | --- | ---: | ---: |",
+        ]
         for row in rows:
             chance = f"{row['chance']:.3f}" if row["chance"] is not None else "–"
             lines.append(f"| {row['track']} | {row['benchmark']} | {row['metric']} | {row['value']:.3f} | {chance} |")
@@ -60,10 +74,15 @@ def pipeline_report(summary: dict, tracking_uri: str | None = None) -> str:
     for track, entry in summary.get("tracks", {}).items():
         reg = entry.get("registration")
         if reg:
-            lines.append(f"- **{track}**: registered `{reg['name']}` version {reg['version']} as `@candidate`; "
-                         f"`@champion` is version {reg['champion_version']} ({reg['reason']})")
+            lines.append(
+                f"- **{track}**: registered `{reg['name']}` version {reg['version']} as `@candidate`; "
+                f"`@champion` is version {reg['champion_version']} ({reg['reason']})"
+            )
         lines.append(f"  model: `{entry['model']}`")
     if summary.get("mlflow_run_id"):
-        lines += ["", f"MLflow: run `{summary['mlflow_run_id']}` in `{tracking_uri}` "
-                      "(open with `mlflow ui --backend-store-uri <uri> --host 127.0.0.1`)."]
+        lines += [
+            "",
+            f"MLflow: run `{summary['mlflow_run_id']}` in `{tracking_uri}` "
+            "(open with `mlflow ui --backend-store-uri <uri> --host 127.0.0.1`).",
+        ]
     return "\n".join(lines) + "\n"

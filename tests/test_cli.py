@@ -40,8 +40,20 @@ def test_init_then_predict_on_a_real_photo(tmp_path, retina):
     init = _run("init", str(tmp_path / "model"), "--profile", "tiny", "--set", "model.tiny.vision_from=null")
     assert init.returncode == 0, init.stderr
     assert "17 kept" in init.stdout
-    pred = _run("predict", "--model", str(tmp_path / "model"), "--image", str(photo), "--question",
-                "What is shown?", "--viz", str(tmp_path / "zoom.png"), "--json", "--max-new-tokens", "4")
+    pred = _run(
+        "predict",
+        "--model",
+        str(tmp_path / "model"),
+        "--image",
+        str(photo),
+        "--question",
+        "What is shown?",
+        "--viz",
+        str(tmp_path / "zoom.png"),
+        "--json",
+        "--max-new-tokens",
+        "4",
+    )
     assert pred.returncode == 0, pred.stderr
     record = json.loads(pred.stdout.strip().splitlines()[-1])
     assert len(record["selected_tiles"]) == 12 and record["medium_grid"] == [2, 2]
@@ -57,7 +69,9 @@ def test_predict_names_bad_inputs(tmp_path, tiny):
     broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     result = runner.invoke(app, ["predict", "--model", str(tmp_path / "m"), "--image", str(broken), "--question", "q"])
     assert result.exit_code != 0 and "broken.jpg" in str(result.exception)
-    result = runner.invoke(app, ["predict", "--model", str(tmp_path / "nope"), "--image", str(broken), "--question", "q"])
+    result = runner.invoke(
+        app, ["predict", "--model", str(tmp_path / "nope"), "--image", str(broken), "--question", "q"]
+    )
     assert result.exit_code != 0 and "nope not found" in str(result.exception)
 
 

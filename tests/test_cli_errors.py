@@ -79,11 +79,20 @@ def test_a_missing_params_file_is_an_error_not_built_in_defaults(tmp_path):
     [
         (lambda t: t.__setitem__("typo_data", 1), ["typo_data", "top level"]),
         (lambda t: t["profiles"]["tiny"].__setitem__("stagez", {}), ["profiles.tiny.stagez", "'stages'"]),
-        (lambda t: t["profiles"]["tiny"]["stages"]["med3"].__setitem__("lrr", 1), ["profiles.tiny.stages.med3.lrr", "'lr'"]),
-        (lambda t: t["profiles"]["tiny"]["vision_pretrain"].__setitem__("stepz", 1), ["vision_pretrain.stepz", "'steps'"]),
+        (
+            lambda t: t["profiles"]["tiny"]["stages"]["med3"].__setitem__("lrr", 1),
+            ["profiles.tiny.stages.med3.lrr", "'lr'"],
+        ),
+        (
+            lambda t: t["profiles"]["tiny"]["vision_pretrain"].__setitem__("stepz", 1),
+            ["vision_pretrain.stepz", "'steps'"],
+        ),
         (lambda t: t["data"].__setitem__("rooot", "x"), ["data.rooot", "'root'"]),
         (lambda t: t["ablations"]["baseline1"].__setitem__("stratgy", "none"), ["ablations.baseline1.stratgy"]),
-        (lambda t: t["data"]["mixtures"]["tiny_general"].__setitem__("reject_treshold", 0.1), ["reject_treshold", "'reject_threshold'"]),
+        (
+            lambda t: t["data"]["mixtures"]["tiny_general"].__setitem__("reject_treshold", 0.1),
+            ["reject_treshold", "'reject_threshold'"],
+        ),
     ],
     ids=["top", "profile", "stage", "vision_pretrain", "data", "ablation", "mixture"],
 )
@@ -95,8 +104,12 @@ def test_an_unknown_key_anywhere_fails_every_command(tmp_path, edit, needles):
 
 @pytest.mark.parametrize(
     ("override", "needle"),
-    [("bogus.key=2", "profiles.tiny.bogus"), ("model.layout.selct_k=2", "model.layout.selct_k"),
-     ("model.layout.select_k=9", "select_k"), ("data.rooot=x", "data.rooot")],
+    [
+        ("bogus.key=2", "profiles.tiny.bogus"),
+        ("model.layout.selct_k=2", "model.layout.selct_k"),
+        ("model.layout.select_k=9", "select_k"),
+        ("data.rooot=x", "data.rooot"),
+    ],
 )
 def test_an_unknown_or_impossible_override_is_named(tmp_path, override, needle):
     params_in(tmp_path)
@@ -104,9 +117,12 @@ def test_an_unknown_or_impossible_override_is_named(tmp_path, override, needle):
 
 
 def test_a_stage_layout_cannot_set_what_is_not_a_layout_key(tmp_path):
-    params_in(tmp_path, lambda t: t["profiles"]["tiny"]["stages"]["general2"].__setitem__("layout", {"image_token_id": 5}))
-    one_line_error(run("train", "--stage", "general2", "init_from=init", cwd=tmp_path),
-                   "stages.general2.layout.image_token_id")
+    params_in(
+        tmp_path, lambda t: t["profiles"]["tiny"]["stages"]["general2"].__setitem__("layout", {"image_token_id": 5})
+    )
+    one_line_error(
+        run("train", "--stage", "general2", "init_from=init", cwd=tmp_path), "stages.general2.layout.image_token_id"
+    )
 
 
 # --- 8: a checkpoint whose tensors do not match is an error --------------------------------
@@ -125,8 +141,7 @@ def test_weights_with_no_matching_tensors_are_refused(tmp_path, saved_model, ret
     retina.resize((256, 256)).save(work / "photo.png")
     predict = run("predict", "--model", "renamed", "--image", "photo.png", "--question", "q", cwd=work)
     one_line_error(predict, "renamed", "missing", "unexpected")
-    evaluate = run("eval", "--model", "renamed", "--benchmark", "synth_general", "--data", "nothing.jsonl",
-                   cwd=work)
+    evaluate = run("eval", "--model", "renamed", "--benchmark", "synth_general", "--data", "nothing.jsonl", cwd=work)
     assert evaluate.returncode != 0 and "Traceback" not in evaluate.stderr
 
 
@@ -164,5 +179,9 @@ def test_missing_training_data_is_one_line_naming_the_fix(tmp_path):
 
 def test_a_missing_source_file_is_one_line_naming_it_and_the_fix(tmp_path):
     params_in(tmp_path)  # no `data synth` yet: the mixture's source file does not exist
-    one_line_error(run("data", "build", "--mixture", "tiny_general", cwd=tmp_path),
-                   "data/synth/general/samples.jsonl", "nothing exists", "dragonfly prepare")
+    one_line_error(
+        run("data", "build", "--mixture", "tiny_general", cwd=tmp_path),
+        "data/synth/general/samples.jsonl",
+        "nothing exists",
+        "dragonfly prepare",
+    )

@@ -19,8 +19,14 @@ LINT = Path(sys.executable).parent / "lint-imports"
 
 def _lint(root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(root)}
-    return subprocess.run([str(LINT), "--no-cache", "--config", str(root / "pyproject.toml")], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(LINT), "--no-cache", "--config", str(root / "pyproject.toml")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_layer_contract_holds_and_breaks_on_one_forbidden_import(tmp_path):
@@ -70,15 +76,21 @@ def test_no_package_imports_another_packages_private_module():
 
 
 def test_the_model_core_imports_only_itself_and_the_errors():
-    outside = {f"{_module(p)} -> {m}" for p in (PACKAGE / "model").rglob("*.py") for m in _imports(p)
-               if not (m.startswith("dragonfly.model") or m == "dragonfly.errors" or m.startswith("dragonfly.errors."))}
+    outside = {
+        f"{_module(p)} -> {m}"
+        for p in (PACKAGE / "model").rglob("*.py")
+        for m in _imports(p)
+        if not (m.startswith("dragonfly.model") or m == "dragonfly.errors" or m.startswith("dragonfly.errors."))
+    }
     assert outside == set()
 
 
 def test_reading_params_loads_neither_torch_nor_transformers():
-    code = ("import sys; import dragonfly.config as c, dragonfly.model.specs, dragonfly.data.config as d;"
-            "c.load_profile('tiny', 'params.yaml'); d.load_data_config('params.yaml');"
-            "heavy = sorted({'torch', 'transformers', 'deepspeed', 'mlflow'} & set(sys.modules)); print(heavy)")
+    code = (
+        "import sys; import dragonfly.config as c, dragonfly.model.specs, dragonfly.data.config as d;"
+        "c.load_profile('tiny', 'params.yaml'); d.load_data_config('params.yaml');"
+        "heavy = sorted({'torch', 'transformers', 'deepspeed', 'mlflow'} & set(sys.modules)); print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
@@ -91,6 +103,9 @@ def test_architecture_doc_names_every_layer_and_module():
     missing = sorted(m for m in named if f"`{m}`" not in doc)
     assert missing == []
     # Every top-level module or package of dragonfly sits in a layer of the contract.
-    tops = {f"dragonfly.{p.stem if p.is_file() else p.name}" for p in PACKAGE.iterdir()
-            if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").is_file())}
+    tops = {
+        f"dragonfly.{p.stem if p.is_file() else p.name}"
+        for p in PACKAGE.iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").is_file())
+    }
     assert tops - named == set()

@@ -351,8 +351,7 @@ def test_llava_med_closed_matches_restatement():
     preds = {k: v[0] for k, v in LLAVA_MED_CLOSED.items()}
     refs = {k: [v[1]] for k, v in LLAVA_MED_CLOSED.items()}
     hits = [
-        _lm_normalize_word(gt.lower()) in _lm_normalize_word(pred.lower())
-        for pred, gt in LLAVA_MED_CLOSED.values()
+        _lm_normalize_word(gt.lower()) in _lm_normalize_word(pred.lower()) for pred, gt in LLAVA_MED_CLOSED.values()
     ]
     assert M.llava_med_closed_accuracy(preds, refs) == pytest.approx(sum(hits) / len(hits))
     assert hits == [True, True, True, True, True, False, False, True]
@@ -363,10 +362,7 @@ def test_llava_med_closed_matches_restatement():
 def test_llava_med_open_recall_matches_restatement():
     preds = {k: v[0] for k, v in LLAVA_MED_OPEN.items()}
     refs = {k: [v[1]] for k, v in LLAVA_MED_OPEN.items()}
-    per = [
-        _lm_recall(_lm_normalize_word(p.lower()), _lm_normalize_word(g.lower()))
-        for p, g in LLAVA_MED_OPEN.values()
-    ]
+    per = [_lm_recall(_lm_normalize_word(p.lower()), _lm_normalize_word(g.lower())) for p, g in LLAVA_MED_OPEN.values()]
     assert M.llava_med_open_recall(preds, refs) == pytest.approx(sum(per) / len(per))
     assert per[2] == pytest.approx(2 / 3)
     for text in ("Yes, it is (the) left-lung. 1,000 cells", "a/b test; x_y", "see fig. 3.5 now."):
@@ -432,9 +428,7 @@ def test_mmmu_parser_matches_restatement():
     for key, text in MC_RESPONSES.items():
         assert M.mmmu_parse_choice(text, MC_OPTIONS) == _ref_mmmu_parse(text, MC_OPTIONS), key
     rng_a, rng_b = random.Random(0), random.Random(0)
-    assert M.mmmu_parse_choice("no idea", MC_OPTIONS, rng=rng_a) == rng_b.choice(
-        ["A", "B", "C", "D"]
-    )
+    assert M.mmmu_parse_choice("no idea", MC_OPTIONS, rng=rng_a) == rng_b.choice(["A", "B", "C", "D"])
 
 
 def test_parse_choice_extensions():
@@ -459,9 +453,7 @@ def test_multiple_choice_accuracy():
     ours = [M.parse_choice(t, MC_OPTIONS) == "B" for t in preds.values()]
     mmmu = [_ref_mmmu_parse(t, MC_OPTIONS) == "B" for t in preds.values()]
     assert M.multiple_choice_accuracy(preds, gold, options) == pytest.approx(sum(ours) / len(ours))
-    assert M.multiple_choice_accuracy(preds, gold, options, parser="mmmu") == pytest.approx(
-        sum(mmmu) / len(mmmu)
-    )
+    assert M.multiple_choice_accuracy(preds, gold, options, parser="mmmu") == pytest.approx(sum(mmmu) / len(mmmu))
     with pytest.raises(ValueError, match="option letters"):
         M.multiple_choice_accuracy({"x": "A"}, {"x": ["E"]}, {"x": MC_OPTIONS})
     with pytest.raises(ValueError, match="no options"):
@@ -598,9 +590,7 @@ def test_hallusionbench_matches_restatement():
         ("", "1"),
         ("NO", "no"),
     ]
-    expected = sum(
-        ("1" if p.lower().find("yes") != -1 else "0") == {"no": "0"}.get(g, g) for p, g in rows
-    )
+    expected = sum(("1" if p.lower().find("yes") != -1 else "0") == {"no": "0"}.get(g, g) for p, g in rows)
     preds = {i: p for i, (p, _) in enumerate(rows)}
     refs = {i: [g] for i, (_, g) in enumerate(rows)}
     assert M.hallusionbench_accuracy(preds, refs) == pytest.approx(expected / len(rows))
@@ -620,9 +610,7 @@ class _JudgeHandler(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 — name fixed by http.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         server = self.server
-        server.requests.append(
-            {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
-        )
+        server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
         if server.status != 200:
             self.send_response(server.status)
             self.end_headers()
@@ -684,9 +672,7 @@ def test_mmvet_judge_against_local_endpoint(judge_server):
     assert first.endswith("\nQ-right | red <AND> blue | prediction for Q-right | ")
     never = [r["body"] for r in reqs if "Q-never |" in r["body"]["messages"][0]["content"]]
     assert [b["temperature"] for b in never] == [0.0, 0.0, 0.5, 1.0, 1.5]
-    assert never[1]["messages"][0]["content"].endswith(
-        "Predict the correctness of the answer (digit): "
-    )
+    assert never[1]["messages"][0]["content"].endswith("Predict the correctness of the answer (digit): ")
 
 
 def test_mmvet_judge_http_errors(judge_server):
@@ -705,9 +691,7 @@ def test_mmvet_judge_http_errors(judge_server):
 def test_mmvet_without_judge_is_unavailable(monkeypatch):
     for name in ("DRAGONFLY_JUDGE_BASE_URL", "DRAGONFLY_JUDGE_MODEL", "DRAGONFLY_JUDGE_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(
-        M.MetricUnavailable, match="DRAGONFLY_JUDGE_BASE_URL and DRAGONFLY_JUDGE_MODEL"
-    ):
+    with pytest.raises(M.MetricUnavailable, match="DRAGONFLY_JUDGE_BASE_URL and DRAGONFLY_JUDGE_MODEL"):
         M.mmvet_score({"a": "x"}, {"a": ["y"]}, {"a": "q"})
     with pytest.raises(M.MetricUnavailable, match="DRAGONFLY_JUDGE_MODEL"):
         M.judge_config_from_env({"DRAGONFLY_JUDGE_BASE_URL": "http://127.0.0.1:1/v1"})

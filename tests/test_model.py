@@ -99,7 +99,9 @@ def test_recompute_kept_tiles_changes_nothing_but_memory(tiny, random_image):
         m.config.recompute_kept_tiles = recompute
         out = m(**batch)
         out.loss.backward()
-        grads.append((out.loss.detach(), out.selected_tiles, [p.grad.clone() for p in m.parameters() if p.grad is not None]))
+        grads.append(
+            (out.loss.detach(), out.selected_tiles, [p.grad.clone() for p in m.parameters() if p.grad is not None])
+        )
     (l1, s1, g1), (l2, s2, g2) = grads
     assert torch.allclose(l1, l2, atol=1e-6) and torch.equal(s1, s2)
     assert len(g1) == len(g2) and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g1, g2, strict=True))
@@ -145,7 +147,9 @@ def test_batched_generation_equals_single(tiny, retina, random_image):
     images = [retina, random_image(500, 180, seed=4)]
     questions = ["What is shown in this image?", "Is there a small red square?"]
     batched = answer(model, processor, images, questions, max_new_tokens=8)
-    alone = [answer(model, processor, [img], [q], max_new_tokens=8)[0] for img, q in zip(images, questions, strict=True)]
+    alone = [
+        answer(model, processor, [img], [q], max_new_tokens=8)[0] for img, q in zip(images, questions, strict=True)
+    ]
     assert [a.text for a in batched] == [a.text for a in alone]
     assert [a.selected_tiles for a in batched] == [a.selected_tiles for a in alone]
     assert batched[0].medium_grid != batched[1].medium_grid  # different aspect ratios, one batch

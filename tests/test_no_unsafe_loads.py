@@ -62,12 +62,9 @@ def test_no_unreviewed_unsafe_loads():
             for match in re.finditer(pattern, code):
                 line = code.count("\n", 0, match.start()) + 1
                 if (name, label) not in ALLOWED:
-                    found.add(
-                        f"dragonfly/{name}:{line}: {label}: {source.splitlines()[line - 1].strip()}"
-                    )
-    assert not found, (
-        "unreviewed unpickling (make it safe, or add it to ALLOWED with a reason):\n"
-        + "\n".join(sorted(found))
+                    found.add(f"dragonfly/{name}:{line}: {label}: {source.splitlines()[line - 1].strip()}")
+    assert not found, "unreviewed unpickling (make it safe, or add it to ALLOWED with a reason):\n" + "\n".join(
+        sorted(found)
     )
 
 
@@ -80,9 +77,7 @@ def test_every_torch_load_passes_weights_only_true():
                 and node.module == "torch"
                 and any(alias.name == "load" for alias in node.names)
             ):
-                bad.append(
-                    f"{name}:{node.lineno}: `from torch import load` hides torch.load from this test"
-                )
+                bad.append(f"{name}:{node.lineno}: `from torch import load` hides torch.load from this test")
             if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
                 flag = next((k.value for k in node.keywords if k.arg == "weights_only"), None)
                 if not (isinstance(flag, ast.Constant) and flag.value is True):

@@ -48,7 +48,10 @@ def test_image_count_must_match_placeholders(tiny, random_image):
 
 def test_left_padding_and_expansion(tiny, random_image):
     _, processor = tiny
-    prompts = [processor.build_prompt([{"role": "user", "content": t}]) for t in ("<image>\nhi", "<image>\na much longer question")]
+    prompts = [
+        processor.build_prompt([{"role": "user", "content": t}])
+        for t in ("<image>\nhi", "<image>\na much longer question")
+    ]
     batch = processor(text=prompts, images=[random_image(50, 80), random_image(80, 50)])
     mask = batch["attention_mask"]
     assert mask[0, 0] == 0 and mask[1, 0] == 1 and mask[:, -1].all()  # left padded

@@ -39,8 +39,13 @@ def _brute_global(mid, high, count, sign=1.0):
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 4), pair=st.sampled_from(PAIRS),
-       dim=st.integers(1, 16), data=st.data())
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    batch=st.integers(1, 4),
+    pair=st.sampled_from(PAIRS),
+    dim=st.integers(1, 16),
+    data=st.data(),
+)
 def test_region_selection_equals_brute_force(seed, batch, pair, dim, data):
     mid, high, regions = _inputs(seed, batch, pair, dim)
     k = data.draw(st.integers(1, regions.shape[2]))
@@ -55,8 +60,13 @@ def test_region_selection_equals_brute_force(seed, batch, pair, dim, data):
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 4), pair=st.sampled_from(PAIRS),
-       dim=st.integers(1, 16), data=st.data())
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    batch=st.integers(1, 4),
+    pair=st.sampled_from(PAIRS),
+    dim=st.integers(1, 16),
+    data=st.data(),
+)
 def test_global_selection_equals_brute_force(seed, batch, pair, dim, data):
     mid, high, regions = _inputs(seed, batch, pair, dim)
     k = data.draw(st.integers(1, regions.shape[2]))
@@ -66,8 +76,13 @@ def test_global_selection_equals_brute_force(seed, batch, pair, dim, data):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 3), pair=st.sampled_from(PAIRS),
-       dim=st.integers(1, 16), data=st.data())
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    batch=st.integers(1, 3),
+    pair=st.sampled_from(PAIRS),
+    dim=st.integers(1, 16),
+    data=st.data(),
+)
 def test_least_similar_order_equals_brute_force(seed, batch, pair, dim, data):
     mid, high, regions = _inputs(seed, batch, pair, dim)
     k = data.draw(st.integers(1, regions.shape[2]))

@@ -13,13 +13,20 @@ from rich.console import Console
 
 from dragonfly.errors import DragonflyError
 
-app = typer.Typer(help="Dragonfly: multi-resolution zoom-in vision-language model. "
-                       "Add --debug to any command (or set DRAGONFLY_DEBUG=1) for full tracebacks.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help="Dragonfly: multi-resolution zoom-in vision-language model. "
+    "Add --debug to any command (or set DRAGONFLY_DEBUG=1) for full tracebacks.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 console = Console()
 ParamsOption = typer.Option(Path("params.yaml"), "--params", help="Params file holding the profiles.")
-SetOption = typer.Option([], "--set", help="Dotted override of the profile, e.g. model.layout.select_k=2, "
-                                          "or of the data section, e.g. data.root=/mnt/data.")
+SetOption = typer.Option(
+    [],
+    "--set",
+    help="Dotted override of the profile, e.g. model.layout.select_k=2, "
+    "or of the data section, e.g. data.root=/mnt/data.",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,8 +98,17 @@ def predict(
         shown = canvas(picture, processor.image_processor.spec, result.medium_grid, high)
         draw_selection(shown, result.medium_grid, result.high_grid, result.selected_tiles).save(viz)
     if as_json:
-        print(json.dumps({"question": question, "answer": result.text, "selected_tiles": result.selected_tiles,
-                          "medium_grid": result.medium_grid, "high_grid": result.high_grid}))
+        print(
+            json.dumps(
+                {
+                    "question": question,
+                    "answer": result.text,
+                    "selected_tiles": result.selected_tiles,
+                    "medium_grid": result.medium_grid,
+                    "high_grid": result.high_grid,
+                }
+            )
+        )
     else:
         print(result.text)
 
@@ -124,8 +140,14 @@ def pretrain_vision(
 
     out, metrics = run(profile, params, override, force, tracking=tracking_from_env())
     table = Table("held-out patches", "value", title=f"vision tower → {out}")
-    for key in ("shape_accuracy", "tile_shape_accuracy", "colour_accuracy", "background_accuracy", "readable_patches",
-                "final_loss"):
+    for key in (
+        "shape_accuracy",
+        "tile_shape_accuracy",
+        "colour_accuracy",
+        "background_accuracy",
+        "readable_patches",
+        "final_loss",
+    ):
         table.add_row(key, f"{metrics[key]:.3f}" if isinstance(metrics[key], float) else str(metrics[key]))
     console.print(table)
 
@@ -146,9 +168,11 @@ def zoom_recall_command(
 
     net, processor = load(resolve_model(model))
     result = zoom_recall(net.eval(), processor, SynthConfig(variant=variant, seed=seed, glyph_area=glyph_area), images)
-    console.print(f"{model}: kept {result.kept_glyph_tiles} of {result.glyph_tiles} glyph tiles "
-                  f"(recall {result.recall:.3f}, chance {result.chance:.3f}, "
-                  f"order {net.config.select_order}, {images} images)")
+    console.print(
+        f"{model}: kept {result.kept_glyph_tiles} of {result.glyph_tiles} glyph tiles "
+        f"(recall {result.recall:.3f}, chance {result.chance:.3f}, "
+        f"order {net.config.select_order}, {images} images)"
+    )
     console.print_json(json.dumps(result.as_dict()))
 
 
@@ -167,8 +191,9 @@ def train(
     from dragonfly.pipeline import train as run
     from dragonfly.tracking import tracking_from_env
 
-    final = run(stage, profile, params, overrides or [], resume, out, sets=override, tracking=tracking_from_env(),
-                force=force)
+    final = run(
+        stage, profile, params, overrides or [], resume, out, sets=override, tracking=tracking_from_env(), force=force
+    )
     if os.environ.get("RANK", "0") == "0":
         console.print(f"[green]stage {stage} done[/]: {final}")
 
@@ -186,15 +211,28 @@ def ablate(
     batch_size: int = typer.Option(16, min=1, help="Evaluation batch size."),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log a parent run with a nested run per variant."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show evaluation progress bars."),
-    overrides: list[str] = typer.Argument(None, help="Stage overrides key=value for every stage, or "
-                                                     "<stage>.key=value for one, e.g. general2.max_steps=300."),
+    overrides: list[str] = typer.Argument(
+        None,
+        help="Stage overrides key=value for every stage, or <stage>.key=value for one, e.g. general2.max_steps=300.",
+    ),
 ):
     """Train and evaluate the paper's ablation variants; write ablation.md/.csv/.json (Tables 1, 5, 6)."""
     from dragonfly.pipeline import ablate as run_ablation
 
-    result = run_ablation(variant or None, profile, params, out, overrides or [],
-                          tuple(stage) or ("general1", "general2"), tuple(benchmark) or ("synth_general",),
-                          limit, seed, mlflow=mlflow, eval_batch_size=batch_size, progress=progress)
+    result = run_ablation(
+        variant or None,
+        profile,
+        params,
+        out,
+        overrides or [],
+        tuple(stage) or ("general1", "general2"),
+        tuple(benchmark) or ("synth_general",),
+        limit,
+        seed,
+        mlflow=mlflow,
+        eval_batch_size=batch_size,
+        progress=progress,
+    )
     console.print(f"[green]ablation done[/]: {', '.join(result.files[k].name for k in result.files)} in {out}")
 
 
@@ -213,4 +251,3 @@ def launch_cmd(
 
 _mount("dragonfly.cli.data", "data", "Convert, validate, build and synthesise datasets.")
 _mount("dragonfly.cli.eval", "eval", "Evaluate a model on the paper's benchmarks (or the synthetic one).")
-

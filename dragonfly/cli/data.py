@@ -83,8 +83,7 @@ def _check_images_exist(samples: list[Sample], root: Path) -> None:
     if not missing:
         return
     console.print(
-        f"[yellow]warning: {len(missing)} of {total} images not found under {root}; "
-        f"first: {root / missing[0]}"
+        f"[yellow]warning: {len(missing)} of {total} images not found under {root}; first: {root / missing[0]}"
     )
     if len(missing) == total:
         console.print("[red]no image exists: check --root and the converter's folder options")
@@ -156,9 +155,7 @@ def build_cmd(
     mixture: Annotated[str, typer.Option(help="mixture name in the data config")] = "tiny",
     params: ParamsOpt = None,
     root: RootOpt = None,
-    out: Annotated[
-        Path | None, typer.Option(help="output folder (default out_dir/<mixture>)")
-    ] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default out_dir/<mixture>)")] = None,
     seed: Annotated[int | None, typer.Option(help="override the mixture's seed")] = None,
 ) -> None:
     """Build a named mixture into an Arrow dataset with stats and quarantine."""

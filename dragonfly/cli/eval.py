@@ -85,9 +85,7 @@ def eval_command(
             "models:/NAME@ALIAS or models:/NAME/VERSION."
         ),
     ],
-    benchmark: Annotated[
-        str, typer.Option(help=f"Benchmark name or 'all'. Known: {', '.join(BENCHMARKS)}.")
-    ] = "all",
+    benchmark: Annotated[str, typer.Option(help=f"Benchmark name or 'all'. Known: {', '.join(BENCHMARKS)}.")] = "all",
     data: Annotated[
         Path | None,
         typer.Option(
@@ -95,21 +93,15 @@ def eval_command(
             "Default: ROOT/<benchmark's converted JSONL>."
         ),
     ] = None,
-    root: Annotated[Path, typer.Option(help="Data root that image paths are relative to.")] = Path(
-        "data"
-    ),
-    out: Annotated[Path, typer.Option(help="Output dir; one sub-dir per benchmark.")] = Path(
-        "eval"
-    ),
+    root: Annotated[Path, typer.Option(help="Data root that image paths are relative to.")] = Path("data"),
+    out: Annotated[Path, typer.Option(help="Output dir; one sub-dir per benchmark.")] = Path("eval"),
     batch_size: Annotated[int, typer.Option(min=1, help="Generation batch size.")] = 8,
     limit: Annotated[int | None, typer.Option(min=1, help="First N samples only.")] = None,
     max_new_tokens: Annotated[
         int | None, typer.Option(min=1, help="Override every task's answer length limit.")
     ] = None,
     split: Annotated[str | None, typer.Option(help="Override the benchmark's split.")] = None,
-    source: Annotated[
-        list[str] | None, typer.Option(help="Accept these sample source names instead.")
-    ] = None,
+    source: Annotated[list[str] | None, typer.Option(help="Accept these sample source names instead.")] = None,
     mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log to MLflow.")] = False,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = EXPERIMENT,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
@@ -128,12 +120,26 @@ def eval_command(
     base = Tracking(tracking_uri()) if mlflow else None
     parent = base.tracker(experiment, "eval") if base is not None and len(specs) > 1 else None
     tracking = base.under(parent.run_id) if parent is not None else base
-    options = EvalOptions(root=root, data=data, split=split, sources=tuple(source) if source else None,
-                          max_new_tokens=max_new_tokens)
+    options = EvalOptions(
+        root=root, data=data, split=split, sources=tuple(source) if source else None, max_new_tokens=max_new_tokens
+    )
     status = "FAILED"
     try:
-        results = evaluate(model, [s.name for s in specs], None, out, limit, batch_size, tracking, progress, force,
-                           console.print, options, skip_missing=benchmark == "all", experiment=experiment)
+        results = evaluate(
+            model,
+            [s.name for s in specs],
+            None,
+            out,
+            limit,
+            batch_size,
+            tracking,
+            progress,
+            force,
+            console.print,
+            options,
+            skip_missing=benchmark == "all",
+            experiment=experiment,
+        )
         status = "FINISHED"
     except (NoSamplesError, FileNotFoundError) as err:
         console.print(f"[red]error[/]: {err}")

@@ -45,13 +45,8 @@ class DataConfig:
         return cls(
             root=str(d.get("root", "data")),
             out_dir=str(d.get("out_dir", "data/mixtures")),
-            synth=tuple(
-                synth_from_dict(s, f"data.synth[{i}].") for i, s in enumerate(d.get("synth") or [])
-            ),
-            mixtures={
-                name: MixtureConfig.from_dict(name, m)
-                for name, m in (d.get("mixtures") or {}).items()
-            },
+            synth=tuple(synth_from_dict(s, f"data.synth[{i}].") for i, s in enumerate(d.get("synth") or [])),
+            mixtures={name: MixtureConfig.from_dict(name, m) for name, m in (d.get("mixtures") or {}).items()},
         )
 
     def mixture(self, name: str) -> MixtureConfig:
@@ -63,9 +58,7 @@ class DataConfig:
         return self.mixtures[name]
 
 
-def load_data_config(
-    params: str | Path = PARAMS_FILE, overrides: list[str] | None = None
-) -> DataConfig:
+def load_data_config(params: str | Path = PARAMS_FILE, overrides: list[str] | None = None) -> DataConfig:
     """The `data:` section of a params file, with dotted overrides relative to it
     (``root=/mnt/data``). A missing file is an error, never a fall-back to defaults."""
     tree = dict(load_params(params).get("data") or {})

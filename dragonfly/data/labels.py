@@ -17,8 +17,9 @@ COLOR_MIN = 0.03  # coverage below this is anti-aliasing fringe, not a glyph
 SHAPE_MIN = 0.15  # a patch must hold a real part of the glyph to be asked its shape
 
 
-def patch_labels(scene: Scene, glyph_area: float, grids: list[tuple[int, int]], tile: int,
-                 patch: int) -> tuple[np.ndarray, np.ndarray]:
+def patch_labels(
+    scene: Scene, glyph_area: float, grids: list[tuple[int, int]], tile: int, patch: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(shape, colour) label per patch of every tile, ``[T, (tile/patch)²]`` each.
 
     ``grids`` are the (cols, rows) grids of the tiling in order (low, medium, high), in

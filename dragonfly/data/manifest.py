@@ -53,9 +53,7 @@ def fingerprint(cfg: MixtureConfig) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def write_manifest(
-    out_dir: Path, cfg: MixtureConfig, root: Path, status: str, error: str | None = None
-) -> Path:
+def write_manifest(out_dir: Path, cfg: MixtureConfig, root: Path, status: str, error: str | None = None) -> Path:
     manifest: dict[str, Any] = {
         "status": status,
         "mixture": config_record(cfg),

@@ -105,10 +105,7 @@ class MixtureConfig:
             raise ConfigError(f"mixture {self.name!r}: source names must be unique, got {names}")
         _check_fraction(f"mixture {self.name!r}: reject_threshold", self.reject_threshold)
         if self.max_image_pixels < 1:
-            raise ConfigError(
-                f"mixture {self.name!r}: max_image_pixels must be positive, "
-                f"got {self.max_image_pixels}"
-            )
+            raise ConfigError(f"mixture {self.name!r}: max_image_pixels must be positive, got {self.max_image_pixels}")
 
     def source_threshold(self, spec: SourceSpec) -> float:
         return self.reject_threshold if spec.reject_threshold is None else spec.reject_threshold
@@ -123,9 +120,7 @@ class MixtureConfig:
         raw_sources = d.get("sources") or []
         if not isinstance(raw_sources, list):
             raise ConfigError(f"{where}sources must be a list of sources")
-        sources = tuple(
-            SourceSpec.from_dict(s, f"{where}sources[{i}].") for i, s in enumerate(raw_sources)
-        )
+        sources = tuple(SourceSpec.from_dict(s, f"{where}sources[{i}].") for i, s in enumerate(raw_sources))
         # Scalars go through the typed loader; sources are set after, already built.
         scalars = {k: v for k, v in d.items() if k != "sources"}
         base = typed_from_dict(cls, {**scalars, "name": name, "sources": ()}, where)
@@ -189,9 +184,7 @@ def cap_per_image(
     return kept, [s for i, s in enumerate(samples) if i in drop]
 
 
-def apply_weight(
-    samples: Sequence[Sample], weight: float, cap: int | None, rng: np.random.Generator
-) -> list[Sample]:
+def apply_weight(samples: Sequence[Sample], weight: float, cap: int | None, rng: np.random.Generator) -> list[Sample]:
     """round(weight * n) samples (subsampled or repeated), then at most `cap`."""
     n = len(samples)
     target = int(round(weight * n))
@@ -300,9 +293,7 @@ def save_dataset(samples: Sequence[Sample], root: Path, target: Path, seed: int)
         DatasetDict(splits).save_to_disk(str(tmp))
 
 
-def build_mixture(
-    cfg: MixtureConfig, root: Path, out_dir: Path, progress: bool = False
-) -> BuildResult:
+def build_mixture(cfg: MixtureConfig, root: Path, out_dir: Path, progress: bool = False) -> BuildResult:
     """Build `cfg` from sources under `root` into `out_dir`, replacing it only on success.
 
     Raises RejectedFractionError when the share of rejected rows passes
@@ -325,14 +316,10 @@ def build_mixture(
     return BuildResult(out_dir, out_dir / DATASET, out_dir / QUARANTINE, out_dir / STATS, stats)
 
 
-def _build_into(
-    cfg: MixtureConfig, root: Path, work: Path, out_dir: Path, progress: bool
-) -> dict[str, Any]:
+def _build_into(cfg: MixtureConfig, root: Path, work: Path, out_dir: Path, progress: bool) -> dict[str, Any]:
     """Write the whole build into `work`; messages name the files at their final place,
     `out_dir`. Returns the stats."""
-    image_check = (
-        ImageCheck(cfg.min_image_size, cfg.max_image_pixels) if cfg.validate_images else None
-    )
+    image_check = ImageCheck(cfg.min_image_size, cfg.max_image_pixels) if cfg.validate_images else None
     rejections: list[Rejection] = []
     # Each source's rejections and row count, for its own threshold.
     by_source: dict[str, tuple[list[Rejection], int]] = {}
@@ -340,13 +327,9 @@ def _build_into(
     valid: list[Sample] = []
     n_seen = 0
     for spec in cfg.sources:
-        converted = convert(
-            spec.format, _resolve(spec.path, root), root, source=spec.name, **spec.options
-        )
+        converted = convert(spec.format, _resolve(spec.path, root), root, source=spec.name, **spec.options)
         seen = len(converted.samples) + len(converted.rejections)
-        with tqdm(
-            total=len(converted.samples), desc=f"validate {spec.name}", disable=not progress
-        ) as bar:
+        with tqdm(total=len(converted.samples), desc=f"validate {spec.name}", disable=not progress) as bar:
             checked = validate_samples(converted.samples, root, image_check, progress=bar.update)
         bad = converted.rejections + checked.rejections
         by_source[spec.name] = (bad, seen)
@@ -363,15 +346,11 @@ def _build_into(
             "valid": len(checked.samples),
         }
     deduped, duplicates = deduplicate(valid)
-    capped, over_cap = cap_per_image(
-        deduped, cfg.max_per_image, np.random.default_rng([cfg.seed, _STREAM_IMAGE_CAP])
-    )
+    capped, over_cap = cap_per_image(deduped, cfg.max_per_image, np.random.default_rng([cfg.seed, _STREAM_IMAGE_CAP]))
     final: list[Sample] = []
     for k, spec in enumerate(cfg.sources):
         mine = [s for s in capped if s.source == spec.name]
-        weighted = apply_weight(
-            mine, spec.weight, spec.cap, np.random.default_rng([cfg.seed, _STREAM_WEIGHT, k])
-        )
+        weighted = apply_weight(mine, spec.weight, spec.cap, np.random.default_rng([cfg.seed, _STREAM_WEIGHT, k]))
         final.extend(weighted)
         stats = per_source[spec.name]
         stats["duplicates"] = sum(s.source == spec.name for s in duplicates)
@@ -379,12 +358,9 @@ def _build_into(
         stats["samples"] = len(weighted)
 
     # Intentional drops are still written down, as filtered rows, never lost silently.
+    rejections.extend(_dropped(s, "duplicate_pair", "same image(s) and instruction") for s in duplicates)
     rejections.extend(
-        _dropped(s, "duplicate_pair", "same image(s) and instruction") for s in duplicates
-    )
-    rejections.extend(
-        _dropped(s, "over_image_cap", f"more than {cfg.max_per_image} samples per image")
-        for s in over_cap
+        _dropped(s, "over_image_cap", f"more than {cfg.max_per_image} samples per image") for s in over_cap
     )
     write_quarantine(rejections, work / QUARANTINE)
     stats = build_stats(cfg, per_source, final, rejections, n_seen)
@@ -413,9 +389,7 @@ def _threshold_failure(
         if failure is not None:
             return failure
         bad, seen = by_source[spec.name]
-        failure = rejected_fraction_error(
-            bad, seen, cfg.source_threshold(spec), quarantine_path, source=spec.name
-        )
+        failure = rejected_fraction_error(bad, seen, cfg.source_threshold(spec), quarantine_path, source=spec.name)
     return failure
 
 
@@ -429,9 +403,7 @@ def _swap_in(work: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _record_failure(
-    work: Path, out_dir: Path, cfg: MixtureConfig, root: Path, exc: Exception
-) -> None:
+def _record_failure(work: Path, out_dir: Path, cfg: MixtureConfig, root: Path, exc: Exception) -> None:
     """Leave `out_dir` with no dataset a trainer could take, and with what the failed build
     wrote (quarantine, stats) plus a manifest marked failed."""
     out_dir.mkdir(parents=True, exist_ok=True)

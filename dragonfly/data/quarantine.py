@@ -93,9 +93,7 @@ def rejected_fraction_error(
     if fraction <= threshold:
         return None
     scope = f"source {source!r}: " if source else ""
-    top = ", ".join(
-        f"{reason} {n}" for reason, n in Counter(r.reason for r in errors).most_common(3)
-    )
+    top = ", ".join(f"{reason} {n}" for reason, n in Counter(r.reason for r in errors).most_common(3))
     setting = f"the reject_threshold of source {source!r}" if source else "reject_threshold"
     return RejectedFractionError(
         f"{scope}{len(errors)} of {n_total} rows rejected ({fraction:.1%}), above the "

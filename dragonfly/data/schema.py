@@ -106,9 +106,7 @@ class Sample:
         )
 
 
-def user_assistant(
-    question: str, answer: str, n_images: int, system: str | None = None
-) -> tuple[Turn, ...]:
+def user_assistant(question: str, answer: str, n_images: int, system: str | None = None) -> tuple[Turn, ...]:
     """A single-round conversation with one placeholder per image at the start of the question."""
     prefix = (IMAGE_TOKEN + "\n") * n_images
     turns = [Turn("user", prefix + question.strip()), Turn("assistant", answer.strip())]
@@ -252,9 +250,7 @@ def samples_frame(samples: Sequence[Sample]) -> pd.DataFrame:
                 "bad_roles": sum(t.role not in ROLES for t in s.turns),
                 "empty_turns": sum(not t.text.replace(IMAGE_TOKEN, "").strip() for t in s.turns),
                 "assistant_turns": sum(t.role == "assistant" for t in s.turns),
-                "first_is_user": bool(
-                    [t.role for t in s.turns if t.role != "system"][:1] == ["user"]
-                ),
+                "first_is_user": bool([t.role for t in s.turns if t.role != "system"][:1] == ["user"]),
                 "n_answers": len(s.answers),
                 "blank_answers": sum(not a.strip() for a in s.answers),
                 "n_choices": len(s.choices),

@@ -241,18 +241,13 @@ def _article(word: str) -> str:
 
 
 def _describe(scene: Scene, noun: str) -> str:
-    parts = [
-        f"{_article(g.color)} {g.color} {g.shape}"
-        for g in sorted(scene.glyphs, key=lambda g: (g.cx, g.cy))
-    ]
+    parts = [f"{_article(g.color)} {g.color} {g.shape}" for g in sorted(scene.glyphs, key=lambda g: (g.cx, g.cy))]
     listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     plural = noun if len(parts) == 1 else noun + "s"
     return f"There {'is' if len(parts) == 1 else 'are'} {len(parts)} {plural}: {listed}."
 
 
-def questions(
-    scene: Scene, cfg: SynthConfig, rng: np.random.Generator
-) -> list[tuple[str, str, str, tuple[str, ...]]]:
+def questions(scene: Scene, cfg: SynthConfig, rng: np.random.Generator) -> list[tuple[str, str, str, tuple[str, ...]]]:
     """(task, question, answer, choices) for every configured task."""
     noun = NOUN[cfg.variant]
     out = []
@@ -282,9 +277,7 @@ def image_path(cfg: SynthConfig, split: str, index: int) -> str:
     return f"{cfg.subdir}/{cfg.variant}/{split}/{index:05d}.png"
 
 
-def generate(
-    cfg: SynthConfig, root: Path, progress: Callable[[int], None] | None = None
-) -> list[Sample]:
+def generate(cfg: SynthConfig, root: Path, progress: Callable[[int], None] | None = None) -> list[Sample]:
     """Write the PNGs under `root` and return the samples (paths relative to `root`)."""
     samples: list[Sample] = []
     for split, count in cfg.counts().items():

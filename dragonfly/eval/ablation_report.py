@@ -47,20 +47,26 @@ class PaperTable:
 
 # Which variants (names under `ablations:` in params.yaml) make up which paper table.
 PAPER_TABLES: tuple[PaperTable, ...] = (
-    PaperTable("Table 1 — LLaVA-NeXT-style baselines vs Dragonfly",
-               ("baseline1", "baseline2", "baseline3", "dragonfly_region"),
-               "Baseline-1: low + medium {(2,2),(1,4),(4,1)}; Baseline-2: low + medium "
-               "{(4,4),(2,8),(8,2)}; Baseline-3: low + {(6,4),(4,6),(3,8),(8,3)}, all tiles; "
-               "Dragonfly: low + medium + 12 of 24 high tiles (region selection)."),
-    PaperTable("Table 5 — zoom-in selection strategy",
-               ("dragonfly_global", "dragonfly_region", "dragonfly_least_similar"),
-               "Global: each medium summary scores all high tiles, 12 kept overall; region: "
-               "each medium tile keeps its 3 most similar high tiles; least similar (ours, not "
-               "in the paper): each medium tile keeps its 3 least similar high tiles."),
-    PaperTable("Table 6 — high-resolution grid for zoom-in selection",
-               ("high_4x4", "dragonfly_region", "high_6x8"),
-               "High grids {[4,4],[2,8],[8,2]}, {[6,4],[4,6],[3,8],[8,3]} (default), "
-               "{[6,8],[8,6],[4,12],[12,4]}; 12 high tiles kept in each."),
+    PaperTable(
+        "Table 1 — LLaVA-NeXT-style baselines vs Dragonfly",
+        ("baseline1", "baseline2", "baseline3", "dragonfly_region"),
+        "Baseline-1: low + medium {(2,2),(1,4),(4,1)}; Baseline-2: low + medium "
+        "{(4,4),(2,8),(8,2)}; Baseline-3: low + {(6,4),(4,6),(3,8),(8,3)}, all tiles; "
+        "Dragonfly: low + medium + 12 of 24 high tiles (region selection).",
+    ),
+    PaperTable(
+        "Table 5 — zoom-in selection strategy",
+        ("dragonfly_global", "dragonfly_region", "dragonfly_least_similar"),
+        "Global: each medium summary scores all high tiles, 12 kept overall; region: "
+        "each medium tile keeps its 3 most similar high tiles; least similar (ours, not "
+        "in the paper): each medium tile keeps its 3 least similar high tiles.",
+    ),
+    PaperTable(
+        "Table 6 — high-resolution grid for zoom-in selection",
+        ("high_4x4", "dragonfly_region", "high_6x8"),
+        "High grids {[4,4],[2,8],[8,2]}, {[6,4],[4,6],[3,8],[8,3]} (default), "
+        "{[6,8],[8,6],[4,12],[12,4]}; 12 high tiles kept in each.",
+    ),
 )
 
 
@@ -97,8 +103,7 @@ class VariantResult:
 
     @property
     def reused(self) -> bool:
-        return (set(self.reused_stages) == set(self.stage_seconds)
-                and set(self.reused_evals) == set(self.metrics))
+        return set(self.reused_stages) == set(self.stage_seconds) and set(self.reused_evals) == set(self.metrics)
 
     def figures(self) -> dict[str, dict[str, float]]:
         """The non-benchmark numbers, as pseudo-benchmarks `model` and `train`."""
@@ -107,10 +112,17 @@ class VariantResult:
             train.update({f"{stage}_{k}_loss": v for k, v in losses.items()})
         train["seconds"] = self.train_seconds
         train["eval_seconds"] = self.eval_seconds
-        model = {"tiles_encoded": self.tiles_encoded, "tiles_kept": self.tiles_kept,
-                 "tokens_per_tile": self.tokens_per_tile, "visual_tokens": self.visual_tokens}
-        return {"model": {k: float(v) for k, v in model.items()}, "train": train,
-                "answers": {f"{bench}_distinct": v for bench, v in self.distinct_answers.items()}}
+        model = {
+            "tiles_encoded": self.tiles_encoded,
+            "tiles_kept": self.tiles_kept,
+            "tokens_per_tile": self.tokens_per_tile,
+            "visual_tokens": self.visual_tokens,
+        }
+        return {
+            "model": {k: float(v) for k, v in model.items()},
+            "train": train,
+            "answers": {f"{bench}_distinct": v for bench, v in self.distinct_answers.items()},
+        }
 
     def to_dict(self) -> dict:
         return {**asdict(self), "train_seconds": self.train_seconds, "final_loss": self.final_loss}
@@ -149,16 +161,20 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
 
 def _table(title: str, note: str, variants: Sequence[VariantResult], benchmarks: Sequence[str]) -> list[str]:
     names = [v.name for v in variants]
-    lines = [f"### {title}", "", note, "",
-             "| benchmark | metric | " + " | ".join(names) + " |",
-             "| --- | --- | " + " | ".join("---:" for _ in names) + " |"]
+    lines = [
+        f"### {title}",
+        "",
+        note,
+        "",
+        "| benchmark | metric | " + " | ".join(names) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in names) + " |",
+    ]
     for bench in benchmarks:
         for label, key in headline_keys(get_benchmark(bench)):
             values = [v.metrics.get(bench, {}).get(key) for v in variants]
             known = [x for x in values if x is not None]
             best = max(known) if len(set(known)) > 1 else None  # no bold when all tie
-            cells = [("**" + _fmt(x, 100) + "**") if best is not None and x == best else _fmt(x, 100)
-                     for x in values]
+            cells = [("**" + _fmt(x, 100) + "**") if best is not None and x == best else _fmt(x, 100) for x in values]
             lines.append(f"| {label} | {key} ×100 | " + " | ".join(cells) + " |")
         distinct = [_fmt(v.distinct_answers.get(bench), 100) for v in variants]
         lines.append(f"| {bench} | distinct answers % | " + " | ".join(distinct) + " |")
@@ -180,10 +196,13 @@ def render_markdown(results: Mapping[str, VariantResult], benchmarks: Sequence[s
     lines = ["# Ablation", ""]
     if header:
         lines += [header, ""]
-    lines += ["Scores ×100 (CIDEr ×100 as the paper reports it); the best score of a row is bold (none when all tie). "
-              "Visual tokens / image = tiles kept × (tokens per tile + 1 separator). "
-              "Distinct answers % = distinct (task, answer) pairs per 100 samples: a model that "
-              "answers every image alike scores near 0 there, whatever its accuracy.", ""]
+    lines += [
+        "Scores ×100 (CIDEr ×100 as the paper reports it); the best score of a row is bold (none when all tie). "
+        "Visual tokens / image = tiles kept × (tokens per tile + 1 separator). "
+        "Distinct answers % = distinct (task, answer) pairs per 100 samples: a model that "
+        "answers every image alike scores near 0 there, whatever its accuracy.",
+        "",
+    ]
     placed: set[str] = set()
     for table in PAPER_TABLES:
         chosen = [results[n] for n in table.variants if n in results]
@@ -206,8 +225,9 @@ def csv_rows(results: Mapping[str, VariantResult]) -> list[tuple[str, str, str, 
     return rows
 
 
-def write_report(results: Mapping[str, VariantResult], benchmarks: Sequence[str], out_dir: Path,
-                 settings: Mapping, header: str = "") -> dict[str, Path]:
+def write_report(
+    results: Mapping[str, VariantResult], benchmarks: Sequence[str], out_dir: Path, settings: Mapping, header: str = ""
+) -> dict[str, Path]:
     """Write ablation.md, ablation.csv and ablation.json into `out_dir`; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out_dir / MARKDOWN_FILE, "csv": out_dir / CSV_FILE, "json": out_dir / JSON_FILE}

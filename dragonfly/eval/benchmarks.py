@@ -340,8 +340,7 @@ def get_benchmark(name: str | BenchmarkSpec) -> BenchmarkSpec:
         return name
     if name not in BENCHMARKS:
         raise UnknownBenchmarkError(
-            f"unknown benchmark {name!r}; known benchmarks: {', '.join(sorted(BENCHMARKS))} "
-            "(or 'all')"
+            f"unknown benchmark {name!r}; known benchmarks: {', '.join(sorted(BENCHMARKS))} (or 'all')"
         )
     return BENCHMARKS[name]
 

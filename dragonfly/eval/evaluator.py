@@ -59,11 +59,7 @@ def _batches(samples: Sequence[Sample], batch_size: int) -> list[list[Sample]]:
     by_task: dict[str, list[Sample]] = {}
     for s in samples:
         by_task.setdefault(s.task, []).append(s)
-    return [
-        group[i : i + batch_size]
-        for group in by_task.values()
-        for i in range(0, len(group), batch_size)
-    ]
+    return [group[i : i + batch_size] for group in by_task.values() for i in range(0, len(group), batch_size)]
 
 
 def predict(
@@ -85,9 +81,7 @@ def predict(
         for batch in _batches(samples, batch_size):
             images = [[load_image(root / rel) for rel in s.images] for s in batch]
             limit = max_new_tokens or spec.max_tokens(batch[0].task)
-            outs = generate_batch(
-                model, processor, [conversations[s.id] for s in batch], images, limit
-            )
+            outs = generate_batch(model, processor, [conversations[s.id] for s in batch], images, limit)
             texts.update({s.id: t for s, t in zip(batch, outs, strict=True)})
             bar.update(len(batch))
     return [

@@ -30,9 +30,7 @@ class PromptError(DragonflyError, ValueError):
 
 
 def strip_placeholders(text: str) -> str:
-    return "\n".join(
-        line for line in text.replace(IMAGE_TOKEN, "").splitlines() if line.strip()
-    ).strip()
+    return "\n".join(line for line in text.replace(IMAGE_TOKEN, "").splitlines() if line.strip()).strip()
 
 
 def has_instruction(question: str, instruction: str = "") -> bool:
@@ -52,15 +50,13 @@ def lists_options(question: str, choices: tuple[str, ...] | list[str]) -> bool:
     """Whether every option already appears on its own line as "<letter>. <text>"."""
     lines = {line.strip() for line in question.splitlines()}
     return all(
-        f"{letter}. {choice.strip()}" in lines
-        for letter, choice in zip(letters(len(choices)), choices, strict=True)
+        f"{letter}. {choice.strip()}" in lines for letter, choice in zip(letters(len(choices)), choices, strict=True)
     )
 
 
 def option_lines(choices: tuple[str, ...] | list[str]) -> str:
     return "\n".join(
-        f"{letter}. {choice.strip()}"
-        for letter, choice in zip(letters(len(choices)), choices, strict=True)
+        f"{letter}. {choice.strip()}" for letter, choice in zip(letters(len(choices)), choices, strict=True)
     )
 
 
@@ -86,14 +82,11 @@ def user_text(sample: Sample, spec: BenchmarkSpec) -> str:
             text = _append(text, instruction)
         if not strip_placeholders(text):
             raise PromptError(
-                f"{sample.id}: no question text and benchmark {spec.name!r} has no prompt "
-                f"for task {sample.task!r}"
+                f"{sample.id}: no question text and benchmark {spec.name!r} has no prompt for task {sample.task!r}"
             )
     found = text.count(IMAGE_TOKEN)
     if found != n_images:
-        raise PromptError(
-            f"{sample.id}: {found} {IMAGE_TOKEN} placeholder(s) for {n_images} image(s)"
-        )
+        raise PromptError(f"{sample.id}: {found} {IMAGE_TOKEN} placeholder(s) for {n_images} image(s)")
     return text
 
 

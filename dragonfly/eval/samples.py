@@ -100,10 +100,7 @@ def select_samples(
     chosen = [
         s
         for s in samples
-        if s.split == split
-        and s.source in accepted
-        and s.task in spec.tasks
-        and (s.images or not spec.require_images)
+        if s.split == split and s.source in accepted and s.task in spec.tasks and (s.images or not spec.require_images)
     ]
     if not chosen:
         raise NoSamplesError(

@@ -137,11 +137,7 @@ def mcq(records: Sequence[Prediction]) -> Scores:
     preds, refs = _maps(records)
     options = {r.id: list(r.choices) for r in records}
     per = {
-        r.id: {
-            "correct": float(
-                M.parse_choice(r.prediction, r.choices) == r.references[0].strip().upper()
-            )
-        }
+        r.id: {"correct": float(M.parse_choice(r.prediction, r.choices) == r.references[0].strip().upper())}
         for r in records
     }
     return Scores({"accuracy": M.multiple_choice_accuracy(preds, refs, options)}, per)
@@ -158,10 +154,7 @@ def relaxed(records: Sequence[Prediction]) -> Scores:
 
 def pope(records: Sequence[Prediction]) -> Scores:
     preds, refs = _maps(records)
-    per = {
-        r.id: {"correct": float(M.pope_parse(r.prediction) == r.references[0].strip().lower())}
-        for r in records
-    }
+    per = {r.id: {"correct": float(M.pope_parse(r.prediction) == r.references[0].strip().lower())} for r in records}
     return Scores(M.pope(preds, refs), per)
 
 

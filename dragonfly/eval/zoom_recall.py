@@ -34,8 +34,13 @@ class ZoomRecall:
         return self.kept_glyph_tiles / max(self.glyph_tiles, 1)
 
     def as_dict(self) -> dict[str, float]:
-        return {"images": self.images, "glyph_tiles": self.glyph_tiles, "kept_glyph_tiles": self.kept_glyph_tiles,
-                "recall": self.recall, "chance": self.chance}
+        return {
+            "images": self.images,
+            "glyph_tiles": self.glyph_tiles,
+            "kept_glyph_tiles": self.kept_glyph_tiles,
+            "recall": self.recall,
+            "chance": self.chance,
+        }
 
 
 @torch.inference_mode()
@@ -50,8 +55,13 @@ def zoom_recall(model, processor, synth: SynthConfig, images: int = 64) -> ZoomR
     for i in range(images):
         scene = make_scene(synth, np.random.default_rng([synth.seed, RECALL_STREAM, i]))
         tiles = tile_image(render(scene, synth), spec)
-        _, colour = patch_labels(scene, synth.glyph_area, tile_grids(tiles["medium_grid"], tiles["high_grid"]), spec.tile_size,
-                                 cfg.vision_config.patch_size)
+        _, colour = patch_labels(
+            scene,
+            synth.glyph_area,
+            tile_grids(tiles["medium_grid"], tiles["high_grid"]),
+            spec.tile_size,
+            cfg.vision_config.patch_size,
+        )
         holds_glyph = (colour[num_base:] > 0).any(1)
         _, kept = model.get_image_features(tiles["pixel_values"][None], tiles["regions"][None])
         glyph_tiles += int(holds_glyph.sum())

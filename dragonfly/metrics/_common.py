@@ -47,13 +47,9 @@ def check_ids(preds: Mapping[Hashable, object], refs: Mapping[Hashable, object])
     if missing_pred or missing_ref:
         parts = []
         if missing_pred:
-            parts.append(
-                f"{len(missing_pred)} id(s) have references but no prediction: {_preview(missing_pred)}"
-            )
+            parts.append(f"{len(missing_pred)} id(s) have references but no prediction: {_preview(missing_pred)}")
         if missing_ref:
-            parts.append(
-                f"{len(missing_ref)} id(s) have a prediction but no references: {_preview(missing_ref)}"
-            )
+            parts.append(f"{len(missing_ref)} id(s) have a prediction but no references: {_preview(missing_ref)}")
         raise IdMismatchError("; ".join(parts))
     return list(preds)
 
@@ -75,9 +71,7 @@ def single_ref(refs: Refs, key: Hashable, metric: str) -> str:
     """The one reference of an id, for metrics whose reference scripts take exactly one answer."""
     items = ref_list(refs, key)
     if len(items) != 1:
-        raise ValueError(
-            f"{metric} takes exactly one reference per id; id {key!r} has {len(items)}"
-        )
+        raise ValueError(f"{metric} takes exactly one reference per id; id {key!r} has {len(items)}")
     return items[0]
 
 

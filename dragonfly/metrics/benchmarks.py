@@ -33,9 +33,7 @@ def _letters(options: Sequence[str]) -> list[str]:
     return list(string.ascii_uppercase[: len(options)])
 
 
-def mmmu_parse_choice(
-    response: str, options: Sequence[str], *, rng: random.Random | None = None
-) -> str | None:
+def mmmu_parse_choice(response: str, options: Sequence[str], *, rng: random.Random | None = None) -> str | None:
     """Answer letter from free text, following MMMU's `parse_multi_choice_response`
     (MMMU-Benchmark/MMMU eval/eval_utils.py, copied into lmms-eval
     lmms_eval/tasks/mmmu/utils.py), step by step:
@@ -64,9 +62,7 @@ def mmmu_parse_choice(
     by_text = False
     if not candidates and len(padded.split()) > 5:
         lowered = padded.lower()
-        candidates = [
-            c for c, text in zip(letters, options, strict=True) if text.lower() in lowered
-        ]
+        candidates = [c for c, text in zip(letters, options, strict=True) if text.lower() in lowered]
         by_text = bool(candidates)
 
     if not candidates:
@@ -248,9 +244,7 @@ def pope_parse(pred: str, parser: Literal["lmms-eval", "llava"] = "lmms-eval") -
     raise ValueError(f"unknown POPE parser {parser!r}; use 'lmms-eval' or 'llava'")
 
 
-def pope(
-    preds: Preds, refs: Refs, *, parser: Literal["lmms-eval", "llava"] = "lmms-eval"
-) -> dict[str, float]:
+def pope(preds: Preds, refs: Refs, *, parser: Literal["lmms-eval", "llava"] = "lmms-eval") -> dict[str, float]:
     """POPE scores (0-1) with "yes" as the positive class, as lmms-eval aggregates them:
 
     * accuracy = share of ids whose parsed answer equals the label;

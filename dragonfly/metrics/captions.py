@@ -61,9 +61,7 @@ def _ptb_tokenize(texts: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]
     # line-count mismatch; fail loudly instead.
     bad = [k for k, v in texts.items() if len(out.get(k, [])) != len(v)]
     if bad:
-        raise RuntimeError(
-            f"PTB tokenizer output does not line up with its input for ids {bad[:10]}"
-        )
+        raise RuntimeError(f"PTB tokenizer output does not line up with its input for ids {bad[:10]}")
     return out
 
 
@@ -161,15 +159,10 @@ def rouge_l(
 
         ids = check_ids(preds, refs)
         scorer = RougeScorer(["rougeL"])
-        scores = [
-            scorer.score_multi(ref_list(refs, k), pred_text(preds, k))["rougeL"].fmeasure
-            for k in ids
-        ]
+        scores = [scorer.score_multi(ref_list(refs, k), pred_text(preds, k))["rougeL"].fmeasure for k in ids]
         return float(sum(scores) / len(scores))
     if implementation != "coco":
-        raise ValueError(
-            f"unknown ROUGE-L implementation {implementation!r}; use 'coco' or 'rouge-score'"
-        )
+        raise ValueError(f"unknown ROUGE-L implementation {implementation!r}; use 'coco' or 'rouge-score'")
     _, gts, res = _prepare(preds, refs, tokenize)
     return _rouge_scores(gts, res)[0]
 
@@ -209,9 +202,7 @@ class CaptionScores:
     per_sample: dict[Hashable, dict[str, float]] = field(default_factory=dict)
 
 
-def caption_metrics(
-    preds: Preds, refs: Refs, *, tokenize: bool = True, include_meteor: bool = True
-) -> CaptionScores:
+def caption_metrics(preds: Preds, refs: Refs, *, tokenize: bool = True, include_meteor: bool = True) -> CaptionScores:
     """BLEU-1..4, ROUGE-L (coco), CIDEr and optionally METEOR in one pass: the texts are
     tokenised once and one METEOR JVM is started, as `COCOEvalCap.evaluate` does.
 

@@ -72,9 +72,7 @@ def judge_config_from_env(env: Mapping[str, str] | None = None) -> JudgeConfig:
     return JudgeConfig(base_url=base_url, model=model, api_key=env.get(ENV_API_KEY) or None)
 
 
-def chat_completion(
-    config: JudgeConfig, prompt: str, *, temperature: float, max_tokens: int
-) -> str:
+def chat_completion(config: JudgeConfig, prompt: str, *, temperature: float, max_tokens: int) -> str:
     """One user-message chat completion; returns the reply text. Retries transport and
     5xx/429 errors `config.http_retries` times, then raises `JudgeError`."""
     body = json.dumps(
@@ -105,9 +103,7 @@ def chat_completion(
         except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
             last = err
         except (ValueError, KeyError, IndexError, TypeError) as err:
-            raise JudgeError(
-                f"judge at {config.chat_url} returned an unexpected body: {err!r}"
-            ) from err
+            raise JudgeError(f"judge at {config.chat_url} returned an unexpected body: {err!r}") from err
     raise JudgeError(f"judge at {config.chat_url} failed: {last!r}") from last
 
 
@@ -179,9 +175,7 @@ def mmvet_score(
             # Official schedule: 0.0, then the re-ask at 0.0, 0.5, 1.0, ...
             prompt = base if attempt == 0 else base + MMVET_RETRY_SUFFIX
             temperature = 0.5 * max(attempt - 1, 0)
-            score = parse_judge_score(
-                chat_completion(config, prompt, temperature=temperature, max_tokens=max_tokens)
-            )
+            score = parse_judge_score(chat_completion(config, prompt, temperature=temperature, max_tokens=max_tokens))
             if score is not None:
                 break
         if score is None:

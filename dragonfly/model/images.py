@@ -87,9 +87,7 @@ def _pillow_allows(max_pixels: int) -> Iterator[None]:
 
 def _too_large(path: Path, size: tuple[int, int], max_pixels: int) -> ImageTooLargeError:
     w, h = size
-    return ImageTooLargeError(
-        path, f"{w}x{h} = {w * h} pixels, above the limit of {max_pixels} (max_image_pixels)"
-    )
+    return ImageTooLargeError(path, f"{w}x{h} = {w * h} pixels, above the limit of {max_pixels} (max_image_pixels)")
 
 
 def _load_raster(path: Path, max_pixels: int) -> Image.Image:

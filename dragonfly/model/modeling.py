@@ -92,7 +92,9 @@ class DragonflyConfig(PreTrainedConfig):
             if tiling.num_high == 0:
                 raise ValueError(f"strategy={self.strategy!r} needs high_grids; use strategy='none' without them")
             if not 0 < self.select_k <= tiling.region_size:
-                raise ValueError(f"select_k must be in 1..{tiling.region_size} (high tiles per region), got {self.select_k}")
+                raise ValueError(
+                    f"select_k must be in 1..{tiling.region_size} (high tiles per region), got {self.select_k}"
+                )
         patch = self.vision_config.patch_size
         if self.tile_size % patch:
             raise ValueError(f"vision image_size {self.tile_size} is not a multiple of patch_size {patch}")
@@ -183,8 +185,9 @@ class DragonflyPreTrainedModel(PreTrainedModel):
 class DragonflyForConditionalGeneration(DragonflyPreTrainedModel, GenerationMixin):
     """Vision tower (any ``AutoModel`` vision encoder) + projector + causal LLM."""
 
-    def __init__(self, config: DragonflyConfig, vision_tower: nn.Module | None = None,
-                 language_model: nn.Module | None = None):
+    def __init__(
+        self, config: DragonflyConfig, vision_tower: nn.Module | None = None, language_model: nn.Module | None = None
+    ):
         super().__init__(config)
         self.vision_tower = vision_tower or AutoModel.from_config(config.vision_config)
         self.projector = DragonflyProjector(config)
@@ -227,7 +230,9 @@ class DragonflyForConditionalGeneration(DragonflyPreTrainedModel, GenerationMixi
         cfg = self.config
         num_images, num_tiles = pixel_values.shape[:2]
         if num_tiles != cfg.num_encoded_tiles:
-            raise ValueError(f"pixel_values carry {num_tiles} tiles per image, the config expects {cfg.num_encoded_tiles}")
+            raise ValueError(
+                f"pixel_values carry {num_tiles} tiles per image, the config expects {cfg.num_encoded_tiles}"
+            )
         num_base = 1 + cfg.tiling.num_medium
         base = self.encode_tiles(pixel_values[:, :num_base].flatten(0, 1)).unflatten(0, (num_images, num_base))
         kept = None
@@ -243,10 +248,18 @@ class DragonflyForConditionalGeneration(DragonflyPreTrainedModel, GenerationMixi
             else:
                 if image_regions is None:
                     raise ValueError("image_regions are required for zoom-in selection")
-                kept = select_tiles(summarize(base[:, 1:]), summarize(high), image_regions.to(base.device),
-                                    cfg.select_k, cfg.strategy, cfg.select_order)
+                kept = select_tiles(
+                    summarize(base[:, 1:]),
+                    summarize(high),
+                    image_regions.to(base.device),
+                    cfg.select_k,
+                    cfg.strategy,
+                    cfg.select_order,
+                )
                 if recompute:
-                    picked = torch.gather(high_pixels, 1, kept[:, :, None, None, None].expand(-1, -1, *high_pixels.shape[2:]))
+                    picked = torch.gather(
+                        high_pixels, 1, kept[:, :, None, None, None].expand(-1, -1, *high_pixels.shape[2:])
+                    )
                     kept_tokens = self.encode_tiles(picked.flatten(0, 1)).unflatten(0, (num_images, kept.shape[1]))
                 else:
                     kept_tokens = torch.gather(high, 1, kept[:, :, None, None].expand(-1, -1, *high.shape[2:]))

@@ -207,8 +207,9 @@ def tile_image(image: Image.Image, spec: TilingSpec, out: torch.Tensor | None = 
     if out is None:
         out = torch.empty(spec.num_tiles, 3, tile, tile)
     start = 0
-    for resized, (cols, rows) in zip(_resized_sources(image, [(c * tile, r * tile) for c, r in grids]), grids,
-                                     strict=True):
+    for resized, (cols, rows) in zip(
+        _resized_sources(image, [(c * tile, r * tile) for c, r in grids]), grids, strict=True
+    ):
         # Per channel, [rows*R, cols*R] uint8 → [rows*cols, R, R] float: the tiles are cut
         # by a view and the copy into `out` does the cast. Splitting channels first keeps
         # the copy's inner loop contiguous (3× faster than permuting interleaved RGB).

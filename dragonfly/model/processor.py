@@ -103,7 +103,8 @@ class DragonflyImageProcessor(BaseImageProcessor):
         data = {
             "pixel_values": pixel_values,
             "image_regions": torch.stack([t["regions"] for t in tiled])
-            if tiled else torch.zeros(0, spec.num_medium, spec.region_size, dtype=torch.long),
+            if tiled
+            else torch.zeros(0, spec.num_medium, spec.region_size, dtype=torch.long),
             "image_grids": torch.tensor([[t["medium_grid"], t["high_grid"]] for t in tiled]).view(-1, 2, 2),
             "image_sizes": torch.tensor([t["image_size"] for t in tiled]).view(-1, 2),
         }
@@ -113,8 +114,15 @@ class DragonflyImageProcessor(BaseImageProcessor):
 class DragonflyProcessor(ProcessorMixin):
     """Tokenizer + :class:`DragonflyImageProcessor` + Llama-3 chat template."""
 
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None,
-                 image_seq_length: int | None = None, image_token: str = IMAGE_TOKEN, **kwargs):
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template=None,
+        image_seq_length: int | None = None,
+        image_token: str = IMAGE_TOKEN,
+        **kwargs,
+    ):
         # The model's count (DragonflyConfig.image_seq_length), saved with the processor;
         # no default, so a processor cannot disagree with its model.
         if image_seq_length is None:
@@ -142,10 +150,19 @@ class DragonflyProcessor(ProcessorMixin):
     def _check_image_count(self, ids_per_text: list[list[int]], num_images: int) -> None:
         placeholders = sum(ids.count(self.image_token_id) for ids in ids_per_text)
         if placeholders != num_images:
-            raise ValueError(f"text holds {placeholders} {self.image_token} placeholder(s) but {num_images} image(s) were given")
+            raise ValueError(
+                f"text holds {placeholders} {self.image_token} placeholder(s) but {num_images} image(s) were given"
+            )
 
-    def __call__(self, text=None, images=None, padding: bool = True, padding_side: str | None = None,
-                 return_tensors: str = "pt", **kwargs) -> BatchFeature:
+    def __call__(
+        self,
+        text=None,
+        images=None,
+        padding: bool = True,
+        padding_side: str | None = None,
+        return_tensors: str = "pt",
+        **kwargs,
+    ) -> BatchFeature:
         """Rendered prompt(s) with ``<image>`` placeholders + images → padded model inputs.
 
         Images are given flat, in the order their placeholders appear across the texts.
@@ -160,8 +177,9 @@ class DragonflyProcessor(ProcessorMixin):
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         self._check_image_count(ids, len(images))
         expanded = [self.expand_image_tokens(seq)[0] for seq in ids]
-        batch = self.tokenizer.pad({"input_ids": expanded}, padding=padding, padding_side=padding_side,
-                                   return_tensors=return_tensors)
+        batch = self.tokenizer.pad(
+            {"input_ids": expanded}, padding=padding, padding_side=padding_side, return_tensors=return_tensors
+        )
         data = dict(batch)
         if images:
             data.update(self.image_processor(images, return_tensors=return_tensors))
@@ -169,16 +187,22 @@ class DragonflyProcessor(ProcessorMixin):
 
     def build_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """Messages → the prompt string, rendered with the stored chat template."""
-        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def encode_conversation(self, messages: list[dict], images=(), max_length: int | None = None) -> dict:
         """One training conversation → ``input_ids``, ``labels`` (assistant replies only) and image tensors.
 
         ``max_length`` truncates from the end but never cuts into an image's tokens.
         """
-        enc = self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=True,
-                                                 return_dict=True, return_assistant_tokens_mask=True)
+        enc = self.tokenizer.apply_chat_template(
+            messages,
+            chat_template=self.chat_template,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+        )
         ids = list(enc["input_ids"])
         labels = [tok if keep else IGNORE_INDEX for tok, keep in zip(ids, enc["assistant_masks"], strict=True)]
         images = [images] if isinstance(images, Image.Image | str | Path) else list(images)

@@ -37,7 +37,24 @@ from dragonfly.pipeline.steps import (
 )
 
 __all__ = [
-    "EVAL_CODE", "EvalOptions", "FINGERPRINT_TAG", "MODEL_CODE", "TOWER_CODE", "TRAIN_CODE", "Settings", "StagePlan", "ablate",
-    "data_config", "evaluate", "evaluation_fingerprint", "init_model", "load_settings", "model_fingerprint",
-    "plan_stage", "prepare_data", "pretrain_vision", "register", "train",
+    "EVAL_CODE",
+    "EvalOptions",
+    "FINGERPRINT_TAG",
+    "MODEL_CODE",
+    "TOWER_CODE",
+    "TRAIN_CODE",
+    "Settings",
+    "StagePlan",
+    "ablate",
+    "data_config",
+    "evaluate",
+    "evaluation_fingerprint",
+    "init_model",
+    "load_settings",
+    "model_fingerprint",
+    "plan_stage",
+    "prepare_data",
+    "pretrain_vision",
+    "register",
+    "train",
 ]

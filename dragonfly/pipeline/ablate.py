@@ -131,16 +131,28 @@ def _train_variant(plan: Plan, name: str, layout: Mapping, run_id: str | None):
     previous: Path | None = None
     seconds, losses, reused = {}, {}, []
     for stage in plan.stages:
-        overrides = [*_layout_overrides(layout), *plan.stage_overrides[stage], f"seed={plan.seed}",
-                     f"init_from={json.dumps(str(previous)) if previous else 'init'}"]
+        overrides = [
+            *_layout_overrides(layout),
+            *plan.stage_overrides[stage],
+            f"seed={plan.seed}",
+            f"init_from={json.dumps(str(previous)) if previous else 'init'}",
+        ]
         out = plan.out_dir / name / stage
         if up_to_date(out, plan_stage(stage, plan.profile, plan.params, overrides, out).fingerprint):
             plan.console.print(f"[cyan]{name}/{stage}[/]: reused {out / 'final'}")
             reused.append(stage)
         else:
             plan.console.print(f"[bold]{name}/{stage}[/]: training ({' '.join(overrides)})")
-        previous = train(stage, plan.profile, plan.params, overrides, resume="auto", out_dir=out,
-                         tracking=tracking, log=plan.console.print)
+        previous = train(
+            stage,
+            plan.profile,
+            plan.params,
+            overrides,
+            resume="auto",
+            out_dir=out,
+            tracking=tracking,
+            log=plan.console.print,
+        )
         seconds[stage] = float(details(out).get("seconds", 0.0))
         losses[stage] = _losses(out / "metrics.jsonl")
     assert previous is not None  # plan.stages is never empty
@@ -157,10 +169,21 @@ def _evaluate_variant(plan: Plan, name: str, final: Path):
     benchmarks = list(plan.benchmarks)
     done = up_to_date(out, evaluation_fingerprint(final, benchmarks, plan.params, plan.eval_limit))
     plan.console.print(f"[cyan]{name}[/]: evaluation reused ({out})" if done else f"[bold]{name}[/]: evaluating")
-    metrics = evaluate(final, benchmarks, plan.params, out, plan.eval_limit, plan.eval_batch_size,
-                       progress=plan.progress, log=plan.console.print)
-    distinct = {bench: distinct_answers(out / bench / PREDICTIONS_FILE) for bench in benchmarks
-                if (out / bench / PREDICTIONS_FILE).is_file()}  # absent for a benchmark skipped (no judge)
+    metrics = evaluate(
+        final,
+        benchmarks,
+        plan.params,
+        out,
+        plan.eval_limit,
+        plan.eval_batch_size,
+        progress=plan.progress,
+        log=plan.console.print,
+    )
+    distinct = {
+        bench: distinct_answers(out / bench / PREDICTIONS_FILE)
+        for bench in benchmarks
+        if (out / bench / PREDICTIONS_FILE).is_file()
+    }  # absent for a benchmark skipped (no judge)
     return metrics, distinct, float(details(out).get("seconds", 0.0)), benchmarks if done else []
 
 
@@ -173,19 +196,34 @@ def _run_variant(plan: Plan, name: str, layout: Mapping, parent_id: str | None) 
     if plan.mlflow:
         from dragonfly.tracking import Tracker
 
-        tracker = Tracker(plan.experiment, name, parent_run_id=parent_id,
-                          tags={"dragonfly.ablation.variant": name, "dragonfly.profile": plan.profile})
+        tracker = Tracker(
+            plan.experiment,
+            name,
+            parent_run_id=parent_id,
+            tags={"dragonfly.ablation.variant": name, "dragonfly.profile": plan.profile},
+        )
     status = "FAILED"
     try:
         final, seconds, losses, reused_stages = _train_variant(plan, name, layout, tracker.run_id if tracker else None)
         metrics, distinct, eval_seconds, reused_evals = _evaluate_variant(plan, name, final)
         cfg = AutoConfig.from_pretrained(final)
         result = VariantResult(
-            name=name, layout=dict(layout), model_dir=str(final), tiles_encoded=cfg.num_encoded_tiles,
-            tiles_kept=cfg.num_kept_tiles, tokens_per_tile=cfg.tokens_per_tile,
-            visual_tokens=cfg.image_seq_length, stage_seconds=seconds, stage_losses=losses,
-            eval_seconds=eval_seconds, metrics=metrics, distinct_answers=distinct, reused_stages=reused_stages,
-            reused_evals=reused_evals, run_id=tracker.run_id if tracker else None)
+            name=name,
+            layout=dict(layout),
+            model_dir=str(final),
+            tiles_encoded=cfg.num_encoded_tiles,
+            tiles_kept=cfg.num_kept_tiles,
+            tokens_per_tile=cfg.tokens_per_tile,
+            visual_tokens=cfg.image_seq_length,
+            stage_seconds=seconds,
+            stage_losses=losses,
+            eval_seconds=eval_seconds,
+            metrics=metrics,
+            distinct_answers=distinct,
+            reused_stages=reused_stages,
+            reused_evals=reused_evals,
+            run_id=tracker.run_id if tracker else None,
+        )
         atomic_write_json(plan.out_dir / name / VARIANT_FILE, result.to_dict(), indent=2, sort_keys=True, default=str)
         if tracker is not None:
             _log_variant(tracker, plan, result)
@@ -197,11 +235,22 @@ def _run_variant(plan: Plan, name: str, layout: Mapping, parent_id: str | None) 
 
 
 def _log_variant(tracker, plan: Plan, result: VariantResult) -> None:
-    tracker.log_params({"variant": result.name, "layout": result.layout, "stages": list(plan.stages),
-                        "overrides": plan.stage_overrides, "seed": plan.seed, "eval_limit": plan.eval_limit})
-    numbers = {f"{bench}.{key}": float(value)
-               for bench, values in {**result.metrics, **result.figures()}.items()
-               for key, value in values.items() if isinstance(value, int | float)}
+    tracker.log_params(
+        {
+            "variant": result.name,
+            "layout": result.layout,
+            "stages": list(plan.stages),
+            "overrides": plan.stage_overrides,
+            "seed": plan.seed,
+            "eval_limit": plan.eval_limit,
+        }
+    )
+    numbers = {
+        f"{bench}.{key}": float(value)
+        for bench, values in {**result.metrics, **result.figures()}.items()
+        for key, value in values.items()
+        if isinstance(value, int | float)
+    }
     tracker.log_metrics(numbers)
     tracker.set_tags({"dragonfly.ablation.reused": str(result.reused).lower()})
     variant_dir = plan.out_dir / result.name
@@ -230,11 +279,15 @@ def _header(plan: Plan) -> str:
     parts = []
     for stage in plan.stages:
         cfg = load_stage(profile, stage, plan.stage_overrides[stage])
-        parts.append(f"{stage} ({'+'.join(cfg.train)}, {cfg.max_steps or 'epoch'} steps × batch "
-                     f"{cfg.global_batch}, lr {cfg.lr:g}, mixture {cfg.data.mixture})")
+        parts.append(
+            f"{stage} ({'+'.join(cfg.train)}, {cfg.max_steps or 'epoch'} steps × batch "
+            f"{cfg.global_batch}, lr {cfg.lr:g}, mixture {cfg.data.mixture})"
+        )
     limit = f"first {plan.eval_limit} samples" if plan.eval_limit else "all samples"
-    return (f"Profile `{plan.profile}`, seed {plan.seed}; stages from init: {' → '.join(parts)}; "
-            f"evaluated on {', '.join(plan.benchmarks)} ({limit} of the test split).")
+    return (
+        f"Profile `{plan.profile}`, seed {plan.seed}; stages from init: {' → '.join(parts)}; "
+        f"evaluated on {', '.join(plan.benchmarks)} ({limit} of the test split)."
+    )
 
 
 def run_ablation(
@@ -274,12 +327,23 @@ def run_ablation(
         get_benchmark(bench)  # fail on a typo before hours of training
     snapshot = _snapshot_params(params, profile, seed, out_dir)
     data = data_config(snapshot)
-    plan = Plan(profile=profile, params=snapshot, out_dir=out_dir, stages=tuple(stages),
-                stage_overrides=split_overrides(train_overrides, stages), benchmarks=tuple(benchmarks),
-                eval_limit=eval_limit, eval_batch_size=eval_batch_size, seed=seed,
-                data_root=Path(data.root), mixtures_dir=Path(data.out_dir), progress=progress,
-                mlflow=mlflow, experiment=experiment or f"dragonfly-{profile}",
-                console=console or Console())
+    plan = Plan(
+        profile=profile,
+        params=snapshot,
+        out_dir=out_dir,
+        stages=tuple(stages),
+        stage_overrides=split_overrides(train_overrides, stages),
+        benchmarks=tuple(benchmarks),
+        eval_limit=eval_limit,
+        eval_batch_size=eval_batch_size,
+        seed=seed,
+        data_root=Path(data.root),
+        mixtures_dir=Path(data.out_dir),
+        progress=progress,
+        mlflow=mlflow,
+        experiment=experiment or f"dragonfly-{profile}",
+        console=console or Console(),
+    )
     for stage in plan.stages:  # every stage config must load before anything trains
         load_stage(load_profile(profile, snapshot), stage, plan.stage_overrides[stage])
 
@@ -287,17 +351,35 @@ def run_ablation(
     if mlflow:
         from dragonfly.tracking import Tracker
 
-        parent = Tracker(plan.experiment, f"ablation-{out_dir.name}",
-                         tags={"dragonfly.ablation": "parent", "dragonfly.profile": profile})
-        parent.log_params({"variants": names, "profile": profile, "stages": list(stages), "seed": seed,
-                           "train_overrides": list(train_overrides), "benchmarks": list(benchmarks),
-                           "eval_limit": eval_limit, "out_dir": str(out_dir)})
+        parent = Tracker(
+            plan.experiment,
+            f"ablation-{out_dir.name}",
+            tags={"dragonfly.ablation": "parent", "dragonfly.profile": profile},
+        )
+        parent.log_params(
+            {
+                "variants": names,
+                "profile": profile,
+                "stages": list(stages),
+                "seed": seed,
+                "train_overrides": list(train_overrides),
+                "benchmarks": list(benchmarks),
+                "eval_limit": eval_limit,
+                "out_dir": str(out_dir),
+            }
+        )
     status = "FAILED"
     try:
         results = {n: _run_variant(plan, n, known[n], parent.run_id if parent else None) for n in names}
-        settings = {"profile": profile, "params": str(params), "seed": seed, "stages": list(stages),
-                    "train_overrides": list(train_overrides), "benchmarks": list(benchmarks),
-                    "eval_limit": eval_limit}
+        settings = {
+            "profile": profile,
+            "params": str(params),
+            "seed": seed,
+            "stages": list(stages),
+            "train_overrides": list(train_overrides),
+            "benchmarks": list(benchmarks),
+            "eval_limit": eval_limit,
+        }
         files = write_report(results, benchmarks, out_dir, settings, _header(plan))
         if parent is not None:
             for path in files.values():
@@ -307,6 +389,8 @@ def run_ablation(
         if parent is not None:
             parent.finish(status)
     reused = [n for n, r in results.items() if r.reused]
-    plan.console.print(f"[green]ablation written[/] {files['markdown']}"
-                       + (f"; reused without retraining: {', '.join(reused)}" if reused else ""))
+    plan.console.print(
+        f"[green]ablation written[/] {files['markdown']}"
+        + (f"; reused without retraining: {', '.join(reused)}" if reused else "")
+    )
     return AblationResult(out_dir, results, files, parent.run_id if parent else None)

@@ -22,8 +22,16 @@ from dragonfly.train.config import (
 # re-runs nothing.
 MODEL_CODE = ("model", "build.py", "weights.py", "inference.py", "config.py")
 TRAIN_CODE = (*MODEL_CODE, "train", "data")
-TOWER_CODE = ("train/backbone.py", "train/config.py", "model/tiny.py", "model/specs.py", "model/processing.py",
-              "model/constants.py", "data/synth.py", "data/labels.py")
+TOWER_CODE = (
+    "train/backbone.py",
+    "train/config.py",
+    "model/tiny.py",
+    "model/specs.py",
+    "model/processing.py",
+    "model/constants.py",
+    "data/synth.py",
+    "data/labels.py",
+)
 EVAL_CODE = (*MODEL_CODE, "eval", "metrics", "data")
 
 
@@ -36,8 +44,9 @@ class Settings:
     data: DataConfig
 
 
-def load_settings(params: str | Path = DEFAULT_PARAMS, profile: str = "tiny",
-                  overrides: list[str] | None = None) -> Settings:
+def load_settings(
+    params: str | Path = DEFAULT_PARAMS, profile: str = "tiny", overrides: list[str] | None = None
+) -> Settings:
     """The one loader of ``params.yaml`` (default ``./params.yaml``): the profile, every
     stage, the vision pretraining and the data section are all typed here, so a typo in
     any of them fails every command up front. ``overrides`` are ``key=value`` relative to
@@ -70,8 +79,9 @@ def prepare_data(params: str | Path = DEFAULT_PARAMS, mixtures: list[str] | None
     return built
 
 
-def init_model(out: str | Path, profile: str = "tiny", params: str | Path = DEFAULT_PARAMS,
-               overrides: list[str] | None = None):
+def init_model(
+    out: str | Path, profile: str = "tiny", params: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None
+):
     """Build the model of ``profile`` (a random tiny init, or the backbones) and save it with
     its processor to ``out``; returns the model's config and its parameter count."""
     from dragonfly.build import build_model
@@ -89,15 +99,24 @@ def _tracker_factory(profile: Profile, tracking: Tracking | None):
         return None
 
     def factory(stage: StageConfig, run_id: str | None):
-        return tracking.tracker(f"dragonfly-{profile.name}", stage.name, run_id,
-                                tags={"dragonfly.stage": stage.name, "dragonfly.profile": profile.name})
+        return tracking.tracker(
+            f"dragonfly-{profile.name}",
+            stage.name,
+            run_id,
+            tags={"dragonfly.stage": stage.name, "dragonfly.profile": profile.name},
+        )
 
     return factory
 
 
-def pretrain_vision(profile: str = "tiny", params: str | Path | None = DEFAULT_PARAMS,
-                    overrides: list[str] | None = None, force: bool = False, progress: bool = True,
-                    tracking: Tracking | None = None) -> tuple[Path, dict]:
+def pretrain_vision(
+    profile: str = "tiny",
+    params: str | Path | None = DEFAULT_PARAMS,
+    overrides: list[str] | None = None,
+    force: bool = False,
+    progress: bool = True,
+    tracking: Tracking | None = None,
+) -> tuple[Path, dict]:
     """Pretrain the tiny profile's vision tower and save it to ``model.tiny.vision_from``.
 
     Skipped (returning the saved metrics) when that directory already holds a tower
@@ -113,15 +132,24 @@ def pretrain_vision(profile: str = "tiny", params: str | Path | None = DEFAULT_P
     prof = load_settings(params, profile, overrides).profile
     spec, layout = prof.model.tiny, prof.model.layout
     if prof.model.source != "tiny" or not spec.vision_from:
-        raise ConfigError(f"profile {profile!r}: pretrain-vision writes model.tiny.vision_from of a tiny profile; "
-                          "set model.source=tiny and model.tiny.vision_from=<dir>")
+        raise ConfigError(
+            f"profile {profile!r}: pretrain-vision writes model.tiny.vision_from of a tiny profile; "
+            "set model.source=tiny and model.tiny.vision_from=<dir>"
+        )
     cfg = from_dict(BackbonePretrainConfig, prof.vision_pretrain, "vision_pretrain.")
     out = Path(spec.vision_from)
     # What the saved tower depends on: its own sizes, the tiling it was trained on and the
     # feature layer; not the LLM's sizes nor the output path.
-    vision = {k: getattr(spec, k) for k in ("tile_size", "patch_size", "vision_hidden", "vision_layers", "vision_heads")}
-    wanted = {**asdict(cfg), "tower": vision, "feature_layer": layout.vision_feature_layer,
-              "medium_grids": [list(g) for g in layout.medium_grids], "high_grids": [list(g) for g in layout.high_grids]}
+    vision = {
+        k: getattr(spec, k) for k in ("tile_size", "patch_size", "vision_hidden", "vision_layers", "vision_heads")
+    }
+    wanted = {
+        **asdict(cfg),
+        "tower": vision,
+        "feature_layer": layout.vision_feature_layer,
+        "medium_grids": [list(g) for g in layout.medium_grids],
+        "high_grids": [list(g) for g in layout.high_grids],
+    }
     fp = fingerprint(wanted, code=TOWER_CODE)
     if not force and up_to_date(out, fp):
         return out, json.loads((out / "pretrain.json").read_text())["metrics"]
@@ -130,17 +158,29 @@ def pretrain_vision(profile: str = "tiny", params: str | Path | None = DEFAULT_P
     save_backbone(tower, out, metrics, wanted)
     record(out, fp, out, step="vision_pretrain")
     if tracking is not None:
-        tracker = tracking.tracker(f"dragonfly-{prof.name}", "vision_pretrain",
-                                   tags={"dragonfly.stage": "vision_pretrain", "dragonfly.profile": prof.name})
+        tracker = tracking.tracker(
+            f"dragonfly-{prof.name}",
+            "vision_pretrain",
+            tags={"dragonfly.stage": "vision_pretrain", "dragonfly.profile": prof.name},
+        )
         tracker.log_params(wanted)
         tracker.log_metrics({k: float(v) for k, v in metrics.items()})
         tracker.finish()
     return out, metrics
 
 
-def train(stage: str, profile: str = "tiny", params: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None,
-          resume: bool | str = False, out_dir: str | Path | None = None, sets: list[str] | None = None,
-          tracking: Tracking | None = None, force: bool = False, log=print) -> Path:
+def train(
+    stage: str,
+    profile: str = "tiny",
+    params: str | Path = DEFAULT_PARAMS,
+    overrides: list[str] | None = None,
+    resume: bool | str = False,
+    out_dir: str | Path | None = None,
+    sets: list[str] | None = None,
+    tracking: Tracking | None = None,
+    force: bool = False,
+    log=print,
+) -> Path:
     """Run one training stage of a profile; returns its ``final`` model directory.
 
     ``overrides`` are relative to the stage (``lr=1e-4``); ``sets`` to the profile or the
@@ -160,9 +200,16 @@ def train(stage: str, profile: str = "tiny", params: str | Path = DEFAULT_PARAMS
         return out / "final"
     if resume == "auto":
         resume = _resumable(out, fp, log or (lambda _: None))
-    final = train_stage(plan.settings.profile, plan.stage, plan.settings.data.root, plan.dataset_dir, out_dir=out,
-                        resume=resume, tracker_factory=_tracker_factory(plan.settings.profile, tracking),
-                        fingerprint=fp)
+    final = train_stage(
+        plan.settings.profile,
+        plan.stage,
+        plan.settings.data.root,
+        plan.dataset_dir,
+        out_dir=out,
+        resume=resume,
+        tracker_factory=_tracker_factory(plan.settings.profile, tracking),
+        fingerprint=fp,
+    )
     _loss_csv(out)
     return final
 
@@ -195,9 +242,14 @@ class StagePlan:
     fingerprint: str
 
 
-def plan_stage(stage: str, profile: str = "tiny", params: str | Path = DEFAULT_PARAMS,
-               overrides: list[str] | None = None, out_dir: str | Path | None = None,
-               sets: list[str] | None = None) -> StagePlan:
+def plan_stage(
+    stage: str,
+    profile: str = "tiny",
+    params: str | Path = DEFAULT_PARAMS,
+    overrides: list[str] | None = None,
+    out_dir: str | Path | None = None,
+    sets: list[str] | None = None,
+) -> StagePlan:
     """Resolve a stage without running it: what :func:`train` would train, and the
     fingerprint that decides whether it must."""
     from dragonfly.data.manifest import MANIFEST, verify_dataset
@@ -209,9 +261,11 @@ def plan_stage(stage: str, profile: str = "tiny", params: str | Path = DEFAULT_P
     # refused here, naming what differs from the mixture asked for.
     dataset_dir = verify_dataset(Path(settings.data.out_dir) / mixture.name, mixture)
     out = Path(out_dir) if out_dir else stage_dir(settings.profile, stage)
-    fp = fingerprint(_stage_config(settings.profile, stage_cfg),
-                     {"data": file_digest(dataset_dir.parent / MANIFEST),
-                      "init": _init_fingerprint(settings.profile, stage_cfg)}, TRAIN_CODE)
+    fp = fingerprint(
+        _stage_config(settings.profile, stage_cfg),
+        {"data": file_digest(dataset_dir.parent / MANIFEST), "init": _init_fingerprint(settings.profile, stage_cfg)},
+        TRAIN_CODE,
+    )
     return StagePlan(settings, stage_cfg, dataset_dir, out, fp)
 
 
@@ -282,11 +336,21 @@ class EvalOptions:
     max_new_tokens: int | None = None
 
 
-def evaluate(model_dir: str | Path, benchmarks: list[str], params: str | Path | None = DEFAULT_PARAMS,
-             out_dir: str | Path = "eval", limit: int | None = None, batch_size: int = 16,
-             tracking: Tracking | None = None, progress: bool = True, force: bool = False,
-             log=print, options: EvalOptions = EvalOptions(), skip_missing: bool = False,
-             experiment: str = "dragonfly-eval") -> dict[str, dict]:
+def evaluate(
+    model_dir: str | Path,
+    benchmarks: list[str],
+    params: str | Path | None = DEFAULT_PARAMS,
+    out_dir: str | Path = "eval",
+    limit: int | None = None,
+    batch_size: int = 16,
+    tracking: Tracking | None = None,
+    progress: bool = True,
+    force: bool = False,
+    log=print,
+    options: EvalOptions = EvalOptions(),
+    skip_missing: bool = False,
+    experiment: str = "dragonfly-eval",
+) -> dict[str, dict]:
     """Evaluate ``model_dir`` on ``benchmarks``; writes
     ``<out_dir>/<benchmark>/{predictions.jsonl,metrics.json}`` and ``summary.json`` (which
     keeps the entries of other benchmarks evaluated into the same ``out_dir`` earlier) and
@@ -318,9 +382,21 @@ def evaluate(model_dir: str | Path, benchmarks: list[str], params: str | Path | 
         tracker = tracking.tracker(experiment, f"eval-{name}") if tracking is not None else None
         status = "FAILED"
         try:
-            results[name] = evaluate_one(model_dir, name, options.data, root, out_dir / name, batch_size, limit,
-                                         tracker, max_new_tokens=options.max_new_tokens, split=options.split,
-                                         sources=options.sources, loaded=loaded, progress=progress)
+            results[name] = evaluate_one(
+                model_dir,
+                name,
+                options.data,
+                root,
+                out_dir / name,
+                batch_size,
+                limit,
+                tracker,
+                max_new_tokens=options.max_new_tokens,
+                split=options.split,
+                sources=options.sources,
+                loaded=loaded,
+                progress=progress,
+            )
             status = "FINISHED"
         except (NoSamplesError, FileNotFoundError) as err:
             if not skip_missing:
@@ -332,8 +408,16 @@ def evaluate(model_dir: str | Path, benchmarks: list[str], params: str | Path | 
                 tracker.finish(status)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(summary_path, {**previous, **results}, indent=2, sort_keys=True)
-    record(out_dir, fp, out_dir, model=str(model_dir), seconds=round(time.perf_counter() - began, 3),
-           benchmarks=list(benchmarks), limit=limit, root=str(root))
+    record(
+        out_dir,
+        fp,
+        out_dir,
+        model=str(model_dir),
+        seconds=round(time.perf_counter() - began, 3),
+        benchmarks=list(benchmarks),
+        limit=limit,
+        root=str(root),
+    )
     return results
 
 
@@ -351,13 +435,19 @@ def _data_digest(path: Path) -> str:
     for manifest in (path / "manifest.json", path.parent / "manifest.json"):
         if manifest.is_file():
             return file_digest(manifest)
-    listing = sorted((p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-                     for p in path.rglob("*") if p.is_file())
+    listing = sorted(
+        (p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file()
+    )
     return hashlib.sha256(repr(listing).encode()).hexdigest()
 
 
-def evaluation_fingerprint(model_dir: str | Path, benchmarks: list[str], params: str | Path | None = DEFAULT_PARAMS,
-                           limit: int | None = None, options: EvalOptions = EvalOptions()) -> str:
+def evaluation_fingerprint(
+    model_dir: str | Path,
+    benchmarks: list[str],
+    params: str | Path | None = DEFAULT_PARAMS,
+    limit: int | None = None,
+    options: EvalOptions = EvalOptions(),
+) -> str:
     """What decides whether :func:`evaluate` runs: the model, the benchmarks, the limit, the
     options and the samples' bytes (batch size and progress bars change no number)."""
     from dataclasses import asdict
@@ -365,8 +455,12 @@ def evaluation_fingerprint(model_dir: str | Path, benchmarks: list[str], params:
     from dragonfly.eval.benchmarks import get_benchmark
 
     root = _eval_root(params, options)
-    settings = {"benchmarks": list(benchmarks), "limit": limit, "root": str(root),
-                **{k: v for k, v in asdict(options).items() if k != "root"}}
+    settings = {
+        "benchmarks": list(benchmarks),
+        "limit": limit,
+        "root": str(root),
+        **{k: v for k, v in asdict(options).items() if k != "root"},
+    }
     # The samples' bytes too: regenerated data is a new evaluation.
     if options.data is not None:
         samples = {"samples": _data_digest(Path(options.data))}
@@ -375,8 +469,14 @@ def evaluation_fingerprint(model_dir: str | Path, benchmarks: list[str], params:
     return fingerprint(settings, {"model": model_fingerprint(Path(model_dir)), **samples}, EVAL_CODE)
 
 
-def register(track: str, model_dir: str | Path, metrics: dict[str, dict], params: str | Path = DEFAULT_PARAMS,
-             tracking: Tracking | None = None, log=print) -> dict:
+def register(
+    track: str,
+    model_dir: str | Path,
+    metrics: dict[str, dict],
+    params: str | Path = DEFAULT_PARAMS,
+    tracking: Tracking | None = None,
+    log=print,
+) -> dict:
     """Register ``model_dir`` under the ``registry.<track>`` model with its evaluation
     ``metrics`` (``{benchmark: metrics}``): a new version with ``@candidate``, and
     ``@champion`` when it beats the champion on the track's metric. The same model with the
@@ -396,16 +496,25 @@ def register(track: str, model_dir: str | Path, metrics: dict[str, dict], params
     if tracking is None:
         raise DragonflyError("registering a model needs MLflow tracking", hint="unset DRAGONFLY_TRACKING=0")
     cfg, model_dir = tracks[track], Path(model_dir)
-    flat = {f"{bench}.{key}": float(value) for bench, values in metrics.items() for key, value in values.items()
-            if isinstance(value, int | float) and not isinstance(value, bool)}
-    fp = fingerprint(asdict(cfg), {"model": model_fingerprint(model_dir), "metrics": str(sorted(flat.items()))},
-                     ("registry.py",))
+    flat = {
+        f"{bench}.{key}": float(value)
+        for bench, values in metrics.items()
+        for key, value in values.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    fp = fingerprint(
+        asdict(cfg), {"model": model_fingerprint(model_dir), "metrics": str(sorted(flat.items()))}, ("registry.py",)
+    )
     if (done := _registered(cfg.model, fp, tracking.uri)) is not None:
         log(f"{cfg.model} version {done['version']}: already registered with these metrics; skipped")
         return done
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
-    tags = {FINGERPRINT_TAG: fp, "dragonfly.code": code_version(TRAIN_CODE), "git.commit": commit or "unknown",
-            "dragonfly.lineage": str(recorded(model_dir.parent) or "")}
+    tags = {
+        FINGERPRINT_TAG: fp,
+        "dragonfly.code": code_version(TRAIN_CODE),
+        "git.commit": commit or "unknown",
+        "dragonfly.lineage": str(recorded(model_dir.parent) or ""),
+    }
     tracker = tracking.tracker("dragonfly-registry", f"register-{track}")
     status = "FAILED"
     try:
@@ -438,5 +547,10 @@ def _registered(name: str, fp: str, uri: str) -> dict | None:
         champion = int(client.get_model_version_by_alias(name, "champion").version)
     except MlflowException:
         champion = None
-    return {"name": name, "version": int(version.version), "champion_version": champion,
-            "champion_moved": False, "reason": "already registered with the same model and metrics"}
+    return {
+        "name": name,
+        "version": int(version.version),
+        "champion_version": champion,
+        "champion_moved": False,
+        "reason": "already registered with the same model and metrics",
+    }

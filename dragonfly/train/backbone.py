@@ -41,22 +41,29 @@ from dragonfly.model.tiny import vision_config
 from dragonfly.train.config import BackbonePretrainConfig
 
 
-def tile_dataset(cfg: BackbonePretrainConfig, spec: TilingSpec, patch: int,
-                 variants: tuple[str, ...] = tuple(PALETTES)) -> dict[str, torch.Tensor]:
+def tile_dataset(
+    cfg: BackbonePretrainConfig, spec: TilingSpec, patch: int, variants: tuple[str, ...] = tuple(PALETTES)
+) -> dict[str, torch.Tensor]:
     """Tiles of ``cfg.images`` fresh scenes (alternating variants) with their patch labels."""
     pixels, shapes, colours = [], [], []
     for i in range(cfg.images):
         synth = SynthConfig(variant=variants[i % len(variants)], glyph_area=cfg.glyph_area)
         scene = make_scene(synth, np.random.default_rng([cfg.seed, i]))
         tiles = tile_image(render(scene, synth), spec)
-        shape, colour = patch_labels(scene, cfg.glyph_area, tile_grids(tiles["medium_grid"], tiles["high_grid"]), spec.tile_size, patch)
+        shape, colour = patch_labels(
+            scene, cfg.glyph_area, tile_grids(tiles["medium_grid"], tiles["high_grid"]), spec.tile_size, patch
+        )
         pixels.append(tiles["pixel_values"])
         shapes.append(torch.from_numpy(shape))
         colours.append(torch.from_numpy(colour))
     shape = torch.cat(shapes)
-    return {"pixel_values": torch.cat(pixels), "shape": shape, "colour": torch.cat(colours),
-            "tile_shape": torch.from_numpy(tile_labels(shape.numpy())),
-            "image": torch.cat([torch.full((len(s),), i) for i, s in enumerate(shapes)])}
+    return {
+        "pixel_values": torch.cat(pixels),
+        "shape": shape,
+        "colour": torch.cat(colours),
+        "tile_shape": torch.from_numpy(tile_labels(shape.numpy())),
+        "image": torch.cat([torch.full((len(s),), i) for i, s in enumerate(shapes)]),
+    }
 
 
 class PatchHeads(torch.nn.Module):
@@ -97,8 +104,9 @@ def accuracy(model: PatchHeads, data: dict[str, torch.Tensor], batch: int = 512)
     }
 
 
-def pretrain(spec: TinySpec, tiling: TilingSpec, cfg: BackbonePretrainConfig, feature_layer: int = -2,
-             progress: bool = True) -> tuple[CLIPVisionModel, dict]:
+def pretrain(
+    spec: TinySpec, tiling: TilingSpec, cfg: BackbonePretrainConfig, feature_layer: int = -2, progress: bool = True
+) -> tuple[CLIPVisionModel, dict]:
     """Train a fresh tiny tower on patch labels; returns it and held-out metrics."""
     torch.manual_seed(cfg.seed)
     tower = CLIPVisionModel(vision_config(spec))
@@ -111,20 +119,27 @@ def pretrain(spec: TinySpec, tiling: TilingSpec, cfg: BackbonePretrainConfig, fe
     glyph_tiles = (train["colour"] > 0).any(1).nonzero()[:, 0]
     n_glyph = round(cfg.batch_tiles * cfg.glyph_fraction) if len(glyph_tiles) else 0
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    schedule = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=min(cfg.warmup_steps, cfg.steps),
-                             num_training_steps=max(cfg.steps, 1))
+    schedule = get_scheduler(
+        cfg.schedule, optimizer, num_warmup_steps=min(cfg.warmup_steps, cfg.steps), num_training_steps=max(cfg.steps, 1)
+    )
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     generator = torch.Generator().manual_seed(cfg.seed)
     history = []
     with Progress(disable=not progress) as bar:
         task = bar.add_task("vision pretrain", total=cfg.steps)
         for _ in range(cfg.steps):
-            index = torch.cat([glyph_tiles[torch.randint(len(glyph_tiles), (n_glyph,), generator=generator)],
-                               torch.randint(len(train["shape"]), (cfg.batch_tiles - n_glyph,), generator=generator)])
+            index = torch.cat(
+                [
+                    glyph_tiles[torch.randint(len(glyph_tiles), (n_glyph,), generator=generator)],
+                    torch.randint(len(train["shape"]), (cfg.batch_tiles - n_glyph,), generator=generator),
+                ]
+            )
             shape_logits, colour_logits, tile_logits = model(train["pixel_values"][index])
-            loss = (loss_fn(shape_logits.flatten(0, 1), train["shape"][index].flatten())
-                    + loss_fn(colour_logits.flatten(0, 1), train["colour"][index].flatten())
-                    + loss_fn(tile_logits, train["tile_shape"][index]))
+            loss = (
+                loss_fn(shape_logits.flatten(0, 1), train["shape"][index].flatten())
+                + loss_fn(colour_logits.flatten(0, 1), train["colour"][index].flatten())
+                + loss_fn(tile_logits, train["tile_shape"][index])
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -132,8 +147,12 @@ def pretrain(spec: TinySpec, tiling: TilingSpec, cfg: BackbonePretrainConfig, fe
             history.append(loss.item())
             bar.update(task, advance=1, description=f"vision pretrain loss {loss.item():.3f}")
     model.eval()
-    metrics = {**accuracy(model, test), "train_tiles": len(train["shape"]), "held_out_tiles": len(test["shape"]),
-               "final_loss": float(np.mean(history[-20:])) if history else float("nan")}
+    metrics = {
+        **accuracy(model, test),
+        "train_tiles": len(train["shape"]),
+        "held_out_tiles": len(test["shape"]),
+        "final_loss": float(np.mean(history[-20:])) if history else float("nan"),
+    }
     return tower, metrics
 
 
@@ -142,7 +161,11 @@ def save_backbone(tower: CLIPVisionModel, out: Path, metrics: dict, config: dict
     out.mkdir(parents=True, exist_ok=True)
     tower.save_pretrained(out)
     size = tower.config.image_size
-    CLIPImageProcessorPil(image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), size={"shortest_edge": size},
-                       crop_size={"height": size, "width": size}).save_pretrained(out)
+    CLIPImageProcessorPil(
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+    ).save_pretrained(out)
     (out / "pretrain.json").write_text(json.dumps({"config": config, "metrics": metrics}, indent=2))
     return out

@@ -45,11 +45,7 @@ def sha256_file(path: Path) -> str:
 
 
 def _files(directory: Path) -> list[str]:
-    return sorted(
-        str(p.relative_to(directory))
-        for p in directory.rglob("*")
-        if p.is_file() and p.name != MANIFEST
-    )
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
 def write_manifest(directory: Path, hashes: dict[str, str] | None = None) -> None:
@@ -76,8 +72,7 @@ def _read_manifest(directory: Path) -> tuple[dict | None, str | None]:
         return None, f"{MANIFEST} is unreadable ({type(err).__name__}: {str(err)[:100]})"
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return None, (
-            f"{MANIFEST}: written by an older dragonfly (accelerate's pickled state, "
-            "which resume no longer unpickles)"
+            f"{MANIFEST}: written by an older dragonfly (accelerate's pickled state, which resume no longer unpickles)"
         )
     if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
         return None, f"{MANIFEST} is unreadable (bad file table)"
@@ -87,9 +82,7 @@ def _read_manifest(directory: Path) -> tuple[dict | None, str | None]:
 def _unlisted_pickles(directory: Path, files: dict) -> str | None:
     for name in _files(directory):
         if name not in files and Path(name).suffix in safe_load.PICKLE_SUFFIXES:
-            return (
-                f"{name} is not in the manifest (not written by the trainer) and may hold a pickle"
-            )
+            return f"{name} is not in the manifest (not written by the trainer) and may hold a pickle"
     return None
 
 
@@ -106,9 +99,7 @@ def _size_mismatch(directory: Path, files: dict) -> str | None:
 def _hash_mismatch(directory: Path, files: dict) -> str | None:
     for name, entry in files.items():
         if sha256_file(directory / name) != entry.get("sha256"):
-            return (
-                f"{name} does not match its SHA-256 in the manifest (changed after it was written)"
-            )
+            return f"{name} does not match its SHA-256 in the manifest (changed after it was written)"
     return None
 
 
@@ -158,9 +149,7 @@ def problem(directory: Path) -> str | None:
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     if not root.is_dir():
         return []
-    found = [
-        (int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _NAME.match(p.name))
-    ]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
     return sorted(found)
 
 
@@ -219,9 +208,7 @@ def commit(tmp: Path, state: dict, keep_last: int, hashes: dict[str, str] | None
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(
-        final.parent
-    )  # the rename itself survives a power cut only once its directory is synced
+    _fsync_dir(final.parent)  # the rename itself survives a power cut only once its directory is synced
     if keep_last > 0:
         for _, old in list_checkpoints(final.parent)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

@@ -117,8 +117,10 @@ def load_stage(profile: Profile, name: str, overrides: list[str] | None = None) 
     """The stage ``name`` of ``profile``: defaults, then the stage, then dotted overrides."""
     stages = profile.stages
     if name not in stages or name == "defaults":
-        raise ConfigError(f"stage {name!r} not in profile {profile.name!r}{close_match(name, stage_names(profile))}; "
-                          f"stages: {', '.join(stage_names(profile)) or 'none'}")
+        raise ConfigError(
+            f"stage {name!r} not in profile {profile.name!r}{close_match(name, stage_names(profile))}; "
+            f"stages: {', '.join(stage_names(profile)) or 'none'}"
+        )
     tree = _merge(stages.get("defaults") or {}, stages[name] or {})
     for item in overrides or []:
         set_dotted(tree, item)

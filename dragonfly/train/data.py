@@ -24,8 +24,9 @@ class ConversationDataset(Dataset):
         self.max_length = max_length
 
     @classmethod
-    def from_mixture(cls, dataset_dir: str | Path, split: str, root: str | Path, processor, max_length: int,
-                     expected=None):
+    def from_mixture(
+        cls, dataset_dir: str | Path, split: str, root: str | Path, processor, max_length: int, expected=None
+    ):
         """Rows of ``split`` of a built mixture. With ``expected`` (a MixtureConfig), the build's
         manifest must say it finished and was built from exactly that config (StaleDatasetError)."""
         from datasets import load_from_disk
@@ -36,8 +37,9 @@ class ConversationDataset(Dataset):
         if expected is not None:
             dataset_dir = verify_dataset(dataset_dir.parent, expected)
         if not dataset_dir.exists():
-            raise DatasetNotFoundError(f"training data {dataset_dir} not found",
-                                       hint="build it with `dragonfly data build --mixture NAME`")
+            raise DatasetNotFoundError(
+                f"training data {dataset_dir} not found", hint="build it with `dragonfly data build --mixture NAME`"
+            )
         splits = load_from_disk(str(dataset_dir))
         if split not in splits:
             raise MissingSplitError(f"{dataset_dir} has no split {split!r}; it has {', '.join(splits)}")
@@ -111,8 +113,18 @@ class StepBatches(torch.utils.data.Sampler):
     accumulation sees exactly the micro-batches that several processes see together.
     """
 
-    def __init__(self, dataset: ConversationDataset, global_batch: int, micro_batch: int, world: int, rank: int,
-                 seed: int, total_steps: int, start_step: int = 0, group_by_length: bool = False):
+    def __init__(
+        self,
+        dataset: ConversationDataset,
+        global_batch: int,
+        micro_batch: int,
+        world: int,
+        rank: int,
+        seed: int,
+        total_steps: int,
+        start_step: int = 0,
+        group_by_length: bool = False,
+    ):
         self.dataset, self.global_batch, self.micro = dataset, global_batch, micro_batch
         self.world, self.rank, self.seed = world, rank, seed
         self.total_steps, self.start_step = total_steps, start_step

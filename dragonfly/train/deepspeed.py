@@ -57,9 +57,16 @@ def _env_world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def launch_command(stage: str, profile: str = "paper", nodes: int = 1, gpus_per_node: int = 8,
-                   master_addr: str = "$MASTER_ADDR", node_rank: str = "$NODE_RANK", port: int = 29500,
-                   extra: list[str] | None = None) -> str:
+def launch_command(
+    stage: str,
+    profile: str = "paper",
+    nodes: int = 1,
+    gpus_per_node: int = 8,
+    master_addr: str = "$MASTER_ADDR",
+    node_rank: str = "$NODE_RANK",
+    port: int = 29500,
+    extra: list[str] | None = None,
+) -> str:
     """The torchrun line that runs ``stage`` on ``nodes`` × ``gpus_per_node`` GPUs."""
     parts = ["torchrun", f"--nnodes={nodes}", f"--nproc_per_node={gpus_per_node}"]
     if nodes > 1:

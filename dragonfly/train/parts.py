@@ -24,16 +24,21 @@ def start_model(profile: Profile, stage: StageConfig):
     if stage.init_from == "init":
         section = profile.model
         if stage.layout:
-            layout = from_dict(type(section.layout), {**dataclasses.asdict(section.layout), **stage.layout},
-                               f"stages.{stage.name}.layout.")
+            layout = from_dict(
+                type(section.layout),
+                {**dataclasses.asdict(section.layout), **stage.layout},
+                f"stages.{stage.name}.layout.",
+            )
             section = dataclasses.replace(section, layout=layout)
         return build_model(section)
     source = Path(stage.init_from)
     if not source.exists():
         source = stage_dir(profile, stage.init_from) / "final"
     if not (source / "config.json").is_file():
-        raise CheckpointError(f"stage {stage.name} starts from {stage.init_from!r}, but {source} holds no saved model",
-                              hint=f"run stage {stage.init_from!r} first")
+        raise CheckpointError(
+            f"stage {stage.name} starts from {stage.init_from!r}, but {source} holds no saved model",
+            hint=f"run stage {stage.init_from!r} first",
+        )
     model, processor = load(source)
     if stage.layout:
         model, processor = apply_layout(model, processor, stage.layout, f"stages.{stage.name}.layout.")

@@ -54,7 +54,5 @@ def refusal(path: Path, deepspeed: bool = False) -> str | None:
 def _reason(err: Exception) -> str:
     """The line of torch's long message that says what was refused (e.g. the global's name)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
-    telling = [
-        line for line in lines if "GLOBAL" in line or "Unsupported" in line or "mmap" in line
-    ]
+    telling = [line for line in lines if "GLOBAL" in line or "Unsupported" in line or "mmap" in line]
     return (telling or lines)[0][:200]

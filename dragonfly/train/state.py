@@ -71,9 +71,7 @@ def save(directory: Path, accelerator, model, optimizer, scheduler) -> dict[str,
     return hashes
 
 
-def load(
-    directory: Path, accelerator, model, optimizer, scheduler, log: Callable[[str], object]
-) -> None:
+def load(directory: Path, accelerator, model, optimizer, scheduler, log: Callable[[str], object]) -> None:
     """Restore what :func:`save` wrote. ``directory`` has passed ``checkpoint.problem`` (on rank
     0), so every pickle-format file in it already loaded with ``weights_only=True``."""
     if uses_deepspeed(accelerator):
@@ -85,9 +83,7 @@ def load(
     if rng.is_file():
         restore_rng(json.loads(rng.read_text()))
     else:  # more processes than the run that saved it (micro_batch may change on resume)
-        log(
-            f"{directory.name} has no {rng.name}: rank {accelerator.process_index} keeps its seeded RNG"
-        )
+        log(f"{directory.name} has no {rng.name}: rank {accelerator.process_index} keeps its seeded RNG")
 
 
 def _load_plain(directory: Path, accelerator, model, optimizer) -> None:
@@ -95,8 +91,7 @@ def _load_plain(directory: Path, accelerator, model, optimizer) -> None:
 
     if not (directory / MODEL).is_file():
         raise CheckpointError(
-            f"{directory} has no {MODEL} (written by DeepSpeed?); resume it on the "
-            "engine that wrote it"
+            f"{directory} has no {MODEL} (written by DeepSpeed?); resume it on the engine that wrote it"
         )
     unwrapped = accelerator.unwrap_model(model)
     load_model(

@@ -67,8 +67,18 @@ def describe_batch(batch: dict, tokenizer, image_token_id: int) -> str:
 
 # Keys a resumed run may change: bookkeeping, and how a step is split (the same global
 # batch gives the same update; tested equal to 4e-8 across 1 and 2 processes).
-RESUME_SAFE = frozenset({"save_every", "keep_last", "log_every", "num_workers", "log_model_artifact",
-                         "micro_batch", "gradient_checkpointing", "zero_stage"})
+RESUME_SAFE = frozenset(
+    {
+        "save_every",
+        "keep_last",
+        "log_every",
+        "num_workers",
+        "log_model_artifact",
+        "micro_batch",
+        "gradient_checkpointing",
+        "zero_stage",
+    }
+)
 
 
 def resume_conflicts(saved: dict | None, stage: StageConfig) -> list[str]:
@@ -76,13 +86,23 @@ def resume_conflicts(saved: dict | None, stage: StageConfig) -> list[str]:
     if saved is None:  # a checkpoint written before configs were recorded
         return []
     current = dataclasses.asdict(stage)
-    return sorted(f"{key}: {saved.get(key)!r} → {current[key]!r}" for key in current
-                  if key not in RESUME_SAFE and saved.get(key) != current[key])
+    return sorted(
+        f"{key}: {saved.get(key)!r} → {current[key]!r}"
+        for key in current
+        if key not in RESUME_SAFE and saved.get(key) != current[key]
+    )
 
 
-def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dataset_dir: str | Path,
-                out_dir: str | Path | None = None, resume: bool = False, tracker_factory=None,
-                fingerprint: str | None = None) -> Path:
+def train_stage(
+    profile: Profile,
+    stage: StageConfig,
+    data_root: str | Path,
+    dataset_dir: str | Path,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    tracker_factory=None,
+    fingerprint: str | None = None,
+) -> Path:
     """Run one stage; returns the directory of its saved model (``<out>/final``). Rank 0
     records ``fingerprint`` beside it last, so only a finished stage is ever skipped."""
     began = time.perf_counter()
@@ -97,16 +117,19 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
     trainable = set_trainable(model, stage.train)
     if stage.gradient_checkpointing:
         model.language_model.activation_checkpointing_enable()
-    dataset = ConversationDataset.from_mixture(dataset_dir, stage.data.split, data_root, processor,
-                                               stage.data.max_length)
+    dataset = ConversationDataset.from_mixture(
+        dataset_dir, stage.data.split, data_root, processor, stage.data.max_length
+    )
     total = _total_steps(stage, len(dataset))
     if total <= 0:
-        raise TrainingError(f"stage {stage.name}: {len(dataset)} samples give no optimiser step at "
-                            f"global_batch {stage.global_batch}")
+        raise TrainingError(
+            f"stage {stage.name}: {len(dataset)} samples give no optimiser step at global_batch {stage.global_batch}"
+        )
     accum = stage.accumulation(accelerator.num_processes)
     optimizer = torch.optim.AdamW(param_groups(trainable, stage), lr=stage.lr, betas=(0.9, 0.999))
-    scheduler = get_scheduler(stage.schedule, optimizer, num_warmup_steps=int(stage.warmup_ratio * total),
-                              num_training_steps=total)
+    scheduler = get_scheduler(
+        stage.schedule, optimizer, num_warmup_steps=int(stage.warmup_ratio * total), num_training_steps=total
+    )
     image_token_id = model.config.image_token_id
     model, optimizer = accelerator.prepare(model, optimizer)
 
@@ -115,15 +138,19 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
     if found is not None:
         saved = checkpoint.read_state(found)
         if conflicts := resume_conflicts(saved.get("config"), stage):
-            raise TrainingError(f"stage {stage.name}: cannot resume {found} with a different configuration "
-                                f"({'; '.join(conflicts)}); restore those values, or train into a fresh --out "
-                                f"(or delete {ckpt_root})")
+            raise TrainingError(
+                f"stage {stage.name}: cannot resume {found} with a different configuration "
+                f"({'; '.join(conflicts)}); restore those values, or train into a fresh --out "
+                f"(or delete {ckpt_root})"
+            )
         if fingerprint is not None and saved.get("fingerprint") not in (None, fingerprint):
             # The same stage config (checked above), other inputs (a retrained previous stage, a rebuilt mixture):
             # continuing would mix two runs into one model.
-            raise TrainingError(f"stage {stage.name}: cannot resume {found}: it was trained from other inputs "
-                                f"(fingerprint {saved['fingerprint'][:12]} vs {fingerprint[:12]}); train into a "
-                                f"fresh --out (or delete {ckpt_root})")
+            raise TrainingError(
+                f"stage {stage.name}: cannot resume {found}: it was trained from other inputs "
+                f"(fingerprint {saved['fingerprint'][:12]} vs {fingerprint[:12]}); train into a "
+                f"fresh --out (or delete {ckpt_root})"
+            )
         state.load(found, accelerator, model, optimizer, scheduler, console.print)
         start_step, run_id = saved["step"], saved.get("mlflow_run_id")
         console.print(f"[cyan]resumed[/] {stage.name} from {found} at step {start_step}/{total}")
@@ -134,13 +161,32 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
         write_jsonl(metrics_path, [r for r in old if r["step"] <= start_step])  # drop steps redone after resume
     tracker = tracker_factory(stage, run_id) if (main and tracker_factory) else None
     if tracker is not None and run_id is None:
-        tracker.log_params({"stage": dataclasses.asdict(stage), "world_size": accelerator.num_processes,
-                            "total_steps": total, "num_samples": len(dataset)})
+        tracker.log_params(
+            {
+                "stage": dataclasses.asdict(stage),
+                "world_size": accelerator.num_processes,
+                "total_steps": total,
+                "num_samples": len(dataset),
+            }
+        )
 
-    sampler = StepBatches(dataset, stage.global_batch, stage.micro_batch, accelerator.num_processes,
-                          accelerator.process_index, stage.seed, total, start_step, stage.group_by_length)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=stage.num_workers,
-                                         collate_fn=Collator(processor.tokenizer.pad_token_id))
+    sampler = StepBatches(
+        dataset,
+        stage.global_batch,
+        stage.micro_batch,
+        accelerator.num_processes,
+        accelerator.process_index,
+        stage.seed,
+        total,
+        start_step,
+        stage.group_by_length,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=stage.num_workers,
+        collate_fn=Collator(processor.tokenizer.pad_token_id),
+    )
     params = [p for named in trainable.values() for _, p in named]
 
     def save(step: int) -> None:
@@ -151,9 +197,19 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
         hashes = state.save(tmp, accelerator, model, optimizer, scheduler)
         accelerator.wait_for_everyone()
         if main:
-            checkpoint.commit(tmp, {"step": step, "stage": stage.name, "mlflow_run_id": tracker.run_id if tracker else None,
-                                    "total_steps": total, "config": dataclasses.asdict(stage),
-                                    "fingerprint": fingerprint}, stage.keep_last, hashes)
+            checkpoint.commit(
+                tmp,
+                {
+                    "step": step,
+                    "stage": stage.name,
+                    "mlflow_run_id": tracker.run_id if tracker else None,
+                    "total_steps": total,
+                    "config": dataclasses.asdict(stage),
+                    "fingerprint": fingerprint,
+                },
+                stage.keep_last,
+                hashes,
+            )
         accelerator.wait_for_everyone()
 
     model.train()
@@ -164,10 +220,14 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
     progress = _progress(console, main, total, start_step, stage.name)
     for batch in loader:
         if step == start_step and micro == 0 and start_step == 0:
-            console.print(f"[bold]first batch of {stage.name}[/]\n{describe_batch(batch, processor.tokenizer, image_token_id)}")
+            console.print(
+                f"[bold]first batch of {stage.name}[/]\n{describe_batch(batch, processor.tokenizer, image_token_id)}"
+            )
         if not (batch["labels"] != IGNORE_INDEX).any(dim=1).all():
-            raise TrainingError(f"stage {stage.name} step {step}: a sample in the batch has no trained tokens "
-                                "(all labels are -100); check the chat template and truncation")
+            raise TrainingError(
+                f"stage {stage.name} step {step}: a sample in the batch has no trained tokens "
+                "(all labels are -100); check the chat template and truncation"
+            )
         micro += 1
         last = micro == accum
         context = accelerator.no_sync(model) if not last else contextlib.nullcontext()
@@ -176,8 +236,10 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
             if not _all_finite(accelerator, loss):
                 if stepped_finitely and _all_finite(accelerator, _weights_finite(model)):
                     save(step)
-                    raise TrainingError(f"stage {stage.name}: non-finite loss at step {step}; saved the last good "
-                                        f"state as checkpoint {checkpoint.checkpoint_name(step)}")
+                    raise TrainingError(
+                        f"stage {stage.name}: non-finite loss at step {step}; saved the last good "
+                        f"state as checkpoint {checkpoint.checkpoint_name(step)}"
+                    )
                 raise TrainingError(_nothing_saved(stage.name, step, ckpt_root, found, step == start_step))
             accelerator.backward(loss / accum)
         window.add(loss.detach(), batch)
@@ -185,7 +247,9 @@ def train_stage(profile: Profile, stage: StageConfig, data_root: str | Path, dat
             continue
         grad_norm = accelerator.clip_grad_norm_(params, stage.grad_clip)
         # The norm of all-reduced gradients is the same on every rank: no collective needed.
-        stepped_finitely = grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm)).all())  # None: DeepSpeed
+        stepped_finitely = grad_norm is None or bool(
+            torch.isfinite(torch.as_tensor(grad_norm)).all()
+        )  # None: DeepSpeed
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -242,21 +306,15 @@ def _agreed_resume_point(accelerator, root: Path, log) -> Path | None:
             choice = -1 if found is None else int(found.name.removeprefix("step-"))
         except checkpoint.CheckpointError as err:
             choice, error = -2, err
-    choice = int(
-        broadcast(torch.tensor([choice], device=accelerator.device), from_process=0).item()
-    )
+    choice = int(broadcast(torch.tensor([choice], device=accelerator.device), from_process=0).item())
     if error is not None:
         raise error
     if choice == -2:
-        raise checkpoint.CheckpointError(
-            f"--resume: no usable checkpoint in {root} (rank 0 says why)"
-        )
+        raise checkpoint.CheckpointError(f"--resume: no usable checkpoint in {root} (rank 0 says why)")
     return None if choice == -1 else root / checkpoint.checkpoint_name(choice)
 
 
-def _nothing_saved(
-    stage: str, step: int, root: Path, resumed_from: Path | None, at_once: bool
-) -> str:
+def _nothing_saved(stage: str, step: int, root: Path, resumed_from: Path | None, at_once: bool) -> str:
     """The NaN-guard message when no state of this run is known good: which checkpoint to use.
     ``at_once``: the run failed before its first step, so ``resumed_from`` itself is bad."""
     existing = [path for _, path in checkpoint.list_checkpoints(root)]
@@ -268,10 +326,7 @@ def _nothing_saved(
         before = [path for path in existing if path.name < resumed_from.name]
         message += f"; it resumed from {resumed_from}, which fails at once"
         if before:
-            return (
-                message
-                + f": go back to {before[-1]} (move {resumed_from.name} aside, then --resume)"
-            )
+            return message + f": go back to {before[-1]} (move {resumed_from.name} aside, then --resume)"
         return message + " and has no checkpoint before it: move it aside and train afresh"
     if existing:
         return message + f"; the newest checkpoint is {existing[-1]}: --resume continues from it"
@@ -294,9 +349,7 @@ class _Window:
 
     def flush(self, accelerator, step: int, lr: float, grad_norm) -> dict:
         loss = accelerator.reduce(torch.stack(self.losses).mean(), reduction="mean")
-        counts = accelerator.reduce(
-            torch.tensor([self.samples, self.tokens], dtype=torch.float64), reduction="sum"
-        )
+        counts = accelerator.reduce(torch.tensor([self.samples, self.tokens], dtype=torch.float64), reduction="sum")
         seconds = max(time.perf_counter() - self.start, 1e-9)
         norm = float(grad_norm) if grad_norm is not None else math.nan
         record = {

@@ -26,10 +26,7 @@ def test_cli_synth_build_stats_validate(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     stats = json.loads((tmp_path / "mixtures/mini/stats.json").read_text())
     assert stats["samples"] == 24 and stats["seed"] == 3
-    assert (
-        "mixture mini (seed 3)"
-        in runner.invoke(app, ["stats", str(tmp_path / "mixtures/mini")]).output
-    )
+    assert "mixture mini (seed 3)" in runner.invoke(app, ["stats", str(tmp_path / "mixtures/mini")]).output
     samples = tmp_path / "data/synth/general/samples.jsonl"
     ok = runner.invoke(app, ["validate", str(samples), "--root", str(tmp_path / "data")])
     assert ok.exit_code == 0 and "24 of 24 samples valid" in ok.output

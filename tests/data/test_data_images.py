@@ -26,9 +26,7 @@ def test_monochrome1_chest_xray_is_inverted_and_8bit_rgb() -> None:
     assert out.min() == 0 and out.max() == 255
 
 
-@pytest.mark.parametrize(
-    "name,size", [("MR2_UNCI.dcm", (1024, 1024)), ("US1_UNCI.dcm", (640, 480))]
-)
+@pytest.mark.parametrize("name,size", [("MR2_UNCI.dcm", (1024, 1024)), ("US1_UNCI.dcm", (640, 480))])
 def test_other_dicom_modalities(name: str, size: tuple[int, int]) -> None:
     img = load_image(get_testdata_file(name))
     assert img.mode == "RGB" and img.size == size
@@ -66,9 +64,7 @@ def test_modes_become_rgb(tmp_path: Path) -> None:
 
 def test_bad_files_name_themselves(tmp_path: Path) -> None:
     full = tmp_path / "full.jpg"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
-        full
-    )
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(full)
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
     garbage = tmp_path / "scan.dcm"

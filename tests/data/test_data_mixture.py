@@ -45,17 +45,13 @@ def test_same_seed_is_byte_identical_other_seed_reorders(synth_root: Path, tmp_p
     assert a.stats["per_split"] == {"test": 48, "train": 192, "validation": 48}
     assert a.stats["per_task"] == {"caption": 72, "mcq": 72, "vqa_closed": 72, "vqa_open": 72}
     row = load_from_disk(str(a.dataset_dir))["train"][0]
-    assert row["messages"][0]["role"] == "user" and row["messages"][0]["content"].startswith(
-        "<image>\n"
-    )
+    assert row["messages"][0]["role"] == "user" and row["messages"][0]["content"].startswith("<image>\n")
     assert (synth_root / row["images"][0]).is_file()
     assert not row["origin"].startswith("/")
 
 
 def sample(i: int, image: str, question: str) -> Sample:
-    return Sample(
-        f"s:{i}", "s", "train", "vqa_open", (image,), user_assistant(question, "a", 1), ("a",)
-    )
+    return Sample(f"s:{i}", "s", "train", "vqa_open", (image,), user_assistant(question, "a", 1), ("a",))
 
 
 def test_dedup_cap_and_weight() -> None:

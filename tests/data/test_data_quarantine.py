@@ -88,10 +88,7 @@ def test_each_bad_row_has_its_reason(bad_root: Path) -> None:
         "n:split": "bad_split",
     }
     rows = {r.id: r for r in read_quarantine(result.quarantine_path)}
-    assert (
-        rows["llava:truncated"].file.endswith("src/llava.json")
-        and rows["llava:truncated"].row == 13
-    )
+    assert rows["llava:truncated"].file.endswith("src/llava.json") and rows["llava:truncated"].row == 13
     assert "truncated.jpg" in rows["llava:truncated"].detail
     from datasets import load_from_disk
 

@@ -41,9 +41,7 @@ def llava_rows(images: list[str], prefix: str = "r") -> list[dict]:
     ]
 
 
-def png_header_only(
-    path: Path, width: int, height: int, bit_depth: int = 8, color_type: int = 2
-) -> Path:
+def png_header_only(path: Path, width: int, height: int, bit_depth: int = 8, color_type: int = 2) -> Path:
     """A PNG whose header says width x height but whose pixel data is garbage: it opens
     (the header is valid) and can never be decoded, so only a header check names it."""
 
@@ -53,9 +51,7 @@ def png_header_only(
 
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"junk") + chunk(b"IEND", b"")
-    )
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"junk") + chunk(b"IEND", b""))
     return path
 
 
@@ -91,12 +87,8 @@ def test_llava_relative_layouts_convert(user_layout: Path, options: dict, stored
 
 
 def test_llava_absolute_and_missing_image_folder(user_layout: Path) -> None:
-    absolute = convert(
-        "llava", Path("data/mine/llava.json"), Path("data"), image_folder=user_layout / "elsewhere"
-    )
-    assert (Path("data") / absolute.samples[0].images[0]).resolve() == (
-        user_layout / "elsewhere/img0.png"
-    )
+    absolute = convert("llava", Path("data/mine/llava.json"), Path("data"), image_folder=user_layout / "elsewhere")
+    assert (Path("data") / absolute.samples[0].images[0]).resolve() == (user_layout / "elsewhere/img0.png")
     with pytest.raises(ConverterError, match=r"data/mine/nowhere.*data/nowhere") as info:
         convert("llava", Path("data/mine/llava.json"), Path("data"), image_folder="nowhere")
     assert isinstance(info.value, DragonflyError)
@@ -118,9 +110,7 @@ def test_llava_relative_layouts_build(user_layout: Path, options: dict, stored: 
 
 def test_convert_cli_warns_about_missing_images(user_layout: Path) -> None:
     Path("data/mine/img1.png").unlink()
-    some = runner.invoke(
-        app, ["convert", "llava", "data/mine/llava.json", "--out", "out.jsonl", "--root", "data"]
-    )
+    some = runner.invoke(app, ["convert", "llava", "data/mine/llava.json", "--out", "out.jsonl", "--root", "data"])
     assert some.exit_code == 0, some.output
     assert "1 of 3 images not found" in some.output and "mine/img1.png" in some.output
     none = runner.invoke(
@@ -182,16 +172,11 @@ def test_failed_build_removes_dataset_and_keeps_its_report(small_broken_source: 
     assert manifest["status"] == "ok" and len(manifest["fingerprint"]) == 64
     assert manifest["mixture"]["sources"][1]["reject_threshold"] == 1.0
     assert verify_dataset(out, ok_cfg) == good.dataset_dir
-    assert (
-        len(ConversationDataset.from_mixture(good.dataset_dir, "train", root, None, 64, ok_cfg))
-        == 40
-    )
+    assert len(ConversationDataset.from_mixture(good.dataset_dir, "train", root, None, 64, ok_cfg)) == 40
 
     # The config changed since the build: the dataset is stale, and the message says how.
     stricter = two_sources(small_threshold=0.5)
-    with pytest.raises(
-        StaleDatasetError, match=r"sources\[1\]\.reject_threshold 1\.0 → 0\.5"
-    ) as info:
+    with pytest.raises(StaleDatasetError, match=r"sources\[1\]\.reject_threshold 1\.0 → 0\.5") as info:
         verify_dataset(out, stricter)
     assert info.value.hint == "dragonfly data build --mixture two"
 
@@ -242,9 +227,7 @@ def test_decompression_bomb_is_quarantined_not_raised(tmp_path: Path, files) -> 
     assert result.stats["samples"] == 4 and limit_before == Image.MAX_IMAGE_PIXELS
 
     # With the default limit (Pillow's bomb threshold) the bomb is still refused by name.
-    default = build_mixture(
-        MixtureConfig("d", mix.sources, reject_threshold=0.5), tmp_path, tmp_path / "d"
-    )
+    default = build_mixture(MixtureConfig("d", mix.sources, reject_threshold=0.5), tmp_path, tmp_path / "d")
     assert default.stats["rejected_by_reason"] == {"image_too_large": 1, "unreadable_image": 1}
 
 
@@ -272,15 +255,11 @@ def test_pixel_limit_above_pillows_is_scoped(tmp_path: Path) -> None:
         ("roco", "radiologytraindata.csv", b"id,name,caption\nr1,a.jpg,\xff\n"),
     ],
 )
-def test_non_utf8_text_names_file_and_offset(
-    tmp_path: Path, fmt: str, name: str, text: bytes
-) -> None:
+def test_non_utf8_text_names_file_and_offset(tmp_path: Path, fmt: str, name: str, text: bytes) -> None:
     path = tmp_path / name
     path.write_bytes(text)
     offset = next(i for i, b in enumerate(text) if b >= 0x80)
-    with pytest.raises(
-        ConverterError, match=rf"{name}: expected UTF-8 text; .* byte offset {offset}$"
-    ):
+    with pytest.raises(ConverterError, match=rf"{name}: expected UTF-8 text; .* byte offset {offset}$"):
         convert(fmt, path, tmp_path)
 
 
@@ -299,12 +278,8 @@ def test_convert_then_validate_keeps_both_quarantines(tmp_path: Path, files, mon
     assert checked.exit_code == 0, checked.output
     converted = read_quarantine(Path("data/out.convert-quarantine.jsonl"))
     validated = read_quarantine(Path("data/out.validate-quarantine.jsonl"))
-    assert [(r.id, r.reason, r.stage) for r in converted] == [
-        ("llava:broken", "malformed_row", "convert")
-    ]
-    assert [(r.id, r.reason, r.stage) for r in validated] == [
-        ("llava:r1", "image_too_small", "validate")
-    ]
+    assert [(r.id, r.reason, r.stage) for r in converted] == [("llava:broken", "malformed_row", "convert")]
+    assert [(r.id, r.reason, r.stage) for r in validated] == [("llava:r1", "image_too_small", "validate")]
 
 
 def test_old_quarantine_records_without_stage_still_read(tmp_path: Path) -> None:
@@ -329,19 +304,12 @@ def test_unknown_and_mistyped_mixture_keys_are_config_errors() -> None:
         match=r"data\.mixtures\.m\.sources\[1\]\.pth \(did you mean 'path'\?\).*valid keys",
     ):
         MixtureConfig.from_dict("m", {"sources": [source, {**source, "name": "b", "pth": "x"}]})
-    with pytest.raises(
-        ConfigError, match=r"data\.mixtures\.m\.reject_threshold must be a number, got 'high'"
-    ):
+    with pytest.raises(ConfigError, match=r"data\.mixtures\.m\.reject_threshold must be a number, got 'high'"):
         MixtureConfig.from_dict("m", {"reject_threshold": "high", "sources": [source]})
     with pytest.raises(ConfigError, match=r"sources\[0\]: missing key\(s\) format"):
         MixtureConfig.from_dict("m", {"sources": [{"name": "a", "path": "a.json"}]})
     # YAML reads 5e-2 as a string; it is still a number.
-    assert (
-        MixtureConfig.from_dict(
-            "m", {"reject_threshold": "5e-2", "sources": [source]}
-        ).reject_threshold
-        == 0.05
-    )
+    assert MixtureConfig.from_dict("m", {"reject_threshold": "5e-2", "sources": [source]}).reject_threshold == 0.05
 
 
 def test_converter_options_and_formats_are_checked(tmp_path: Path) -> None:
@@ -350,9 +318,7 @@ def test_converter_options_and_formats_are_checked(tmp_path: Path) -> None:
         match=r"format 'llava' has no option 'image_dir' \(did you mean 'image_folder'\?\); it takes: source, split, task, image_folder",
     ):
         convert("llava", tmp_path / "x.json", tmp_path, image_dir="imgs")
-    with pytest.raises(
-        UnknownFormatError, match=r"^unknown data format 'lava' \(did you mean 'llava'\?\)"
-    ) as info:
+    with pytest.raises(UnknownFormatError, match=r"^unknown data format 'lava' \(did you mean 'llava'\?\)") as info:
         convert("lava", tmp_path / "x.json", tmp_path)
     assert isinstance(info.value, KeyError) and isinstance(info.value, DragonflyError)
 

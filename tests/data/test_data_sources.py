@@ -38,9 +38,7 @@ def test_llava_conversations(tmp_path: Path, files) -> None:
         ["not", "a", "record"],
     ]  # fmt: skip
     path = files.json(root / "llava/blip_laion_cc_sbu_558k.json", records)
-    out = convert(
-        "llava", path, root, source="llava_pretrain", task="caption", image_folder="llava/images"
-    )
+    out = convert("llava", path, root, source="llava_pretrain", task="caption", image_folder="llava/images")
     s = by_id(out)
     a = s["llava_pretrain:000012"]
     assert (a.task, a.split, a.images) == ("caption", "train", ("llava/images/00001/000012.jpg",))
@@ -80,9 +78,7 @@ def test_medical_vqa_parquet(tmp_path: Path, files, fmt: str) -> None:
     first = s[f"{fmt}:train:0"]
     assert (first.task, first.answers, first.split) == ("vqa_closed", ("yes",), "train")
     assert first.turns[0].text == f"<image>\nis there evidence of an aortic aneurysm?\n{SHORT}"
-    assert s[f"{fmt}:train:1"].task == "vqa_open" and s[f"{fmt}:train:1"].answers == (
-        "left temporal lobe",
-    )
+    assert s[f"{fmt}:train:1"].task == "vqa_open" and s[f"{fmt}:train:1"].answers == ("left temporal lobe",)
     # Numeric answers stay open answers, not yes/no.
     assert s[f"{fmt}:train:2"].answers == ("2",) and s[f"{fmt}:train:2"].task == "vqa_open"
     assert s[f"{fmt}:test:0"].answers == ("no",) and s[f"{fmt}:test:0"].split == "test"
@@ -96,9 +92,7 @@ def test_medical_vqa_parquet(tmp_path: Path, files, fmt: str) -> None:
 
 
 def test_parquet_missing_column_names_file(tmp_path: Path, files) -> None:
-    path = files.parquet(
-        tmp_path / "train-00000-of-00001.parquet", [{"question": "q", "answer": "a"}]
-    )
+    path = files.parquet(tmp_path / "train-00000-of-00001.parquet", [{"question": "q", "answer": "a"}])
     with pytest.raises(ConverterError, match=r"train-00000-of-00001\.parquet.*missing \['image'\]"):
         convert("vqa_rad", path, tmp_path)
 
@@ -137,9 +131,7 @@ def test_slake_english_only(tmp_path: Path, files) -> None:
     assert a.meta["modality"] == "MRI" and a.meta["answer_type"] == "OPEN"
     assert s["slake:train:1"].task == "vqa_closed" and s["slake:train:1"].answers == ("yes",)
     assert s["slake:train:3"].task == "vqa_closed" and s["slake:train:3"].answers == ("Liver",)
-    assert s["slake:validation:10"].split == "validation" and s["slake:validation:10"].answers == (
-        "2",
-    )
+    assert s["slake:validation:10"].split == "validation" and s["slake:validation:10"].answers == ("2",)
     zh = next(r for r in out.rejections if r.reason == "non_english")
     assert (zh.id, zh.kind, zh.row, zh.detail) == ("slake:train:2", FILTERED, 2, "q_lang=zh")
     bad = next(r for r in out.rejections if r.reason == "malformed_row")
@@ -151,12 +143,9 @@ def test_biocaption_tsv_peir_gross(tmp_path: Path, files) -> None:
     files.image(folder / "peir_gross_images/PEIR-1.jpg")
     files.image(folder / "peir_gross_images/PEIR-2.jpg")
     (folder / "train_images.tsv").write_text(
-        "PEIR-1.jpg\tAortic dissection: Gross natural color excellent example\n"
-        "PEIR-2.jpg\tSpleen: Infarct, gross\n"
+        "PEIR-1.jpg\tAortic dissection: Gross natural color excellent example\nPEIR-2.jpg\tSpleen: Infarct, gross\n"
     )
-    (folder / "test_images.tsv").write_text(
-        "PEIR-3.jpg\tLiver: Cirrhosis\nbroken line without tab\n"
-    )
+    (folder / "test_images.tsv").write_text("PEIR-3.jpg\tLiver: Cirrhosis\nbroken line without tab\n")
     out = convert("biocaption", folder, tmp_path, source="peir_gross")
     s = by_id(out)
     a = s["peir_gross:PEIR-1.jpg"]
@@ -169,9 +158,7 @@ def test_biocaption_tsv_peir_gross(tmp_path: Path, files) -> None:
     assert s["peir_gross:PEIR-3.jpg"].split == "test"
     assert [r.reason for r in out.rejections] == ["malformed_row"]
     checked = validate_samples(out.samples, tmp_path)
-    assert [(r.id, r.reason) for r in checked.rejections] == [
-        ("peir_gross:PEIR-3.jpg", "missing_image")
-    ]
+    assert [(r.id, r.reason) for r in checked.rejections] == [("peir_gross:PEIR-3.jpg", "missing_image")]
 
 
 def test_biocaption_r2gen_iu_xray(tmp_path: Path, files) -> None:
@@ -193,9 +180,7 @@ def test_biocaption_r2gen_iu_xray(tmp_path: Path, files) -> None:
     assert s["iu_xray:CXR1_1_IM-0001"].split == "validation"
     assert [(r.id, r.reason) for r in out.rejections] == [("iu_xray:no-images", "malformed_row")]
     checked = validate_samples(out.samples, tmp_path)
-    assert [(r.id, r.reason) for r in checked.rejections] == [
-        ("iu_xray:CXR1_1_IM-0001", "empty_answer")
-    ]
+    assert [(r.id, r.reason) for r in checked.rejections] == [("iu_xray:CXR1_1_IM-0001", "empty_answer")]
 
 
 def test_roco_csv(tmp_path: Path, files) -> None:
@@ -210,9 +195,7 @@ def test_roco_csv(tmp_path: Path, files) -> None:
     [a] = out.samples
     assert a.id == "roco:ROCO_00002" and a.split == "train" and a.task == "caption"
     assert a.images == ("roco/all_data/train/radiology/images/PMC4083729_AMHSR-4-14-g002.jpg",)
-    assert a.answers == (
-        "Computed tomography scan in axial view showing obliteration, of the left maxillary sinus",
-    )
+    assert a.answers == ("Computed tomography scan in axial view showing obliteration, of the left maxillary sinus",)
     assert [(r.id, r.reason) for r in out.rejections] == [("roco:ROCO_00003", "malformed_row")]
 
 
@@ -237,10 +220,7 @@ def test_findings_extraction_variants() -> None:
         "The cardiac, mediastinal and hilar contours are normal. No pleural effusion or pneumothorax is seen."
     )
     assert extract_findings(REPORT_VARIANT) == "Lungs are clear. Heart size normal."
-    assert (
-        extract_findings("Findings: Small left effusion.\nImpression: effusion")
-        == "Small left effusion."
-    )
+    assert extract_findings("Findings: Small left effusion.\nImpression: effusion") == "Small left effusion."
     assert extract_findings("FINDINGS\nNo change.\n") == "No change."
     assert extract_findings(REPORT_NONE) == ""
 
@@ -348,9 +328,7 @@ def test_general_benchmarks(tmp_path: Path, files) -> None:
     # HallusionBench's split is called "image"; the file name cannot tell the split here.
     with pytest.raises(ConverterError, match="split name"):
         convert("hallusion_bench", hub / "hb", tmp_path)
-    (hub / "hb/data/image-00000-of-00001.parquet").rename(
-        hub / "hb/data/test-00000-of-00001.parquet"
-    )
+    (hub / "hb/data/image-00000-of-00001.parquet").rename(hub / "hb/data/test-00000-of-00001.parquet")
 
     ai2d = convert("ai2d", hub / "ai2d", tmp_path)
     a = ai2d.samples[0]
@@ -368,32 +346,21 @@ def test_general_benchmarks(tmp_path: Path, files) -> None:
 
     sqa = by_id(convert("scienceqa", hub / "sqa", tmp_path))
     assert sqa["scienceqa:test:1"].answers == ("C",)
-    assert (
-        sqa["scienceqa:test:1"]
-        .turns[0]
-        .text.startswith("<image>\nContext: Eagles eat fish.\nWhich animal")
-    )
+    assert sqa["scienceqa:test:1"].turns[0].text.startswith("<image>\nContext: Eagles eat fish.\nWhich animal")
     assert "Context" not in sqa["scienceqa:test:0"].turns[0].text
     assert sqa["scienceqa:test:0"].meta["subject"] == "social science"
 
     chart = by_id(convert("chartqa", hub / "chartqa", tmp_path))
-    assert chart["chartqa:test:0"].answers == ("47.6",) and chart["chartqa:test:2"].answers == (
-        "12",
-    )
+    assert chart["chartqa:test:0"].answers == ("47.6",) and chart["chartqa:test:2"].answers == ("12",)
     # ChartQA is scored by relaxed match: its answers are not yes/no-normalised.
-    assert (
-        chart["chartqa:test:1"].answers == ("Yes",)
-        and chart["chartqa:test:1"].meta["type"] == "augmented_test"
-    )
+    assert chart["chartqa:test:1"].answers == ("Yes",) and chart["chartqa:test:1"].meta["type"] == "augmented_test"
 
     mmmu = by_id(convert("mmmu", hub / "mmmu", tmp_path))
     art = mmmu["mmmu:validation_Art_1"]
     assert art.task == "mcq" and art.answers == ("B",) and len(art.images) == 2
     assert art.choices == ("[image 1]", "The second one", "Same age")
     assert art.turns[0].text.startswith("<image>\n<image>\nCompare [image 1] and [image 2]")
-    assert mmmu["mmmu:validation_Math_3"].task == "vqa_open" and mmmu[
-        "mmmu:validation_Math_3"
-    ].answers == ("4",)
+    assert mmmu["mmmu:validation_Math_3"].task == "vqa_open" and mmmu["mmmu:validation_Math_3"].answers == ("4",)
 
     vet = convert("mmvet", hub / "mmvet", tmp_path).samples[0]
     assert (vet.id, vet.answers, vet.meta["capability"]) == (

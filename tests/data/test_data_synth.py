@@ -42,10 +42,7 @@ def test_detail_needs_zoom(variant: str) -> None:
         # The difference sits where the glyph is, in the high-res view.
         g = scene.glyphs[0]
         y, x = np.unravel_index(high.max(-1).argmax(), high.shape[:2])
-        assert (
-            abs(x - g.cx * size[0] / scene.size[0]) < 6
-            and abs(y - g.cy * size[1] / scene.size[1]) < 6
-        )
+        assert abs(x - g.cx * size[0] / scene.size[0]) < 6 and abs(y - g.cy * size[1] / scene.size[1]) < 6
 
 
 def test_every_shape_is_the_same_blob_at_low_res() -> None:

@@ -174,9 +174,25 @@ def test_cli_goes_through_the_pipeline_step_and_skips_a_repeat(model_dir: Path, 
     fingerprint, a changed option or --force evaluates again."""
     root, samples = synth_data
     out = tmp_path / "out"
-    args = ["--model", str(model_dir), "--benchmark", "synth_general_vqa_open", "--data", str(samples),
-            "--root", str(root), "--out", str(out), "--limit", "2", "--batch-size", "2",
-            "--max-new-tokens", "2", "--no-progress"]
+    args = [
+        "--model",
+        str(model_dir),
+        "--benchmark",
+        "synth_general_vqa_open",
+        "--data",
+        str(samples),
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--limit",
+        "2",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--no-progress",
+    ]
     assert runner.invoke(app, args).exit_code == 0
     predictions = out / "synth_general_vqa_open" / PREDICTIONS_FILE
     first = predictions.stat().st_mtime_ns

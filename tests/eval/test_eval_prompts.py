@@ -49,9 +49,7 @@ def test_closed_question_gets_yes_no_instruction_only_when_it_has_none() -> None
 
 def test_open_question_gets_short_answer_suffix_but_mmvet_asks_as_is() -> None:
     s = make("vqa_open", "What organ is shown?")
-    assert (
-        user_text(s, get_benchmark("pathvqa")) == f"<image>\nWhat organ is shown?\n{SHORT_SUFFIX}"
-    )
+    assert user_text(s, get_benchmark("pathvqa")) == f"<image>\nWhat organ is shown?\n{SHORT_SUFFIX}"
     assert user_text(s, get_benchmark("mmvet")) == "<image>\nWhat organ is shown?"
 
 
@@ -94,9 +92,7 @@ def test_text_only_question_has_no_placeholder() -> None:
 
 
 def test_placeholder_mismatch_and_missing_choices_are_errors() -> None:
-    broken = Sample(
-        "b:1", "x", "test", "vqa_open", ("a.png", "b.png"), user_assistant("q?", "a", 1), ("a",)
-    )
+    broken = Sample("b:1", "x", "test", "vqa_open", ("a.png", "b.png"), user_assistant("q?", "a", 1), ("a",))
     with pytest.raises(PromptError, match="1 <image> placeholder"):
         user_text(broken, get_benchmark("vqa_rad"))
     with pytest.raises(PromptError, match="without choices"):

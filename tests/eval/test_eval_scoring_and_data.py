@@ -18,9 +18,7 @@ from dragonfly.eval.scoring import Prediction
 
 
 def rec(i: int, task: str, pred: str, ref: str, choices=(), source="vqa_rad") -> Prediction:
-    return Prediction(
-        f"{source}:{i}", source, task, ["a.png"], "<image>\nq", pred, [ref], list(choices)
-    )
+    return Prediction(f"{source}:{i}", source, task, ["a.png"], "<image>\nq", pred, [ref], list(choices))
 
 
 def test_medvqa_groups_report_closed_and_open_metrics_with_llava_med_variants() -> None:
@@ -40,9 +38,7 @@ def test_medvqa_groups_report_closed_and_open_metrics_with_llava_med_variants() 
     assert m["open_recall_llava_med"] == pytest.approx(M.llava_med_open_recall(*opened))
     assert m["closed_n"] == m["open_n"] == 2.0 and m["n"] == 4.0
     assert scores.per_sample["vqa_rad:1"] == {"correct": 0.0, "correct_llava_med": 1.0}
-    assert scores.per_sample["vqa_rad:3"]["token_f1"] == pytest.approx(
-        M.token_f1("the liver", "liver lobe")
-    )
+    assert scores.per_sample["vqa_rad:3"]["token_f1"] == pytest.approx(M.token_f1("the liver", "liver lobe"))
 
 
 def test_mcq_pope_and_relaxed_per_sample_scores_agree_with_corpus() -> None:
@@ -60,10 +56,7 @@ def test_mcq_pope_and_relaxed_per_sample_scores_agree_with_corpus() -> None:
         rec(1, "vqa_closed", "Yes.", "no", source="pope"),
     ]
     s = score_records(get_benchmark("pope"), pope)
-    assert (
-        s.metrics["f1"]
-        == M.pope({"pope:0": "yes", "pope:1": "Yes."}, {"pope:0": "yes", "pope:1": "no"})["f1"]
-    )
+    assert s.metrics["f1"] == M.pope({"pope:0": "yes", "pope:1": "Yes."}, {"pope:0": "yes", "pope:1": "no"})["f1"]
     chart = [rec(0, "vqa_open", "10.4", "10", source="chartqa")]
     assert score_records(get_benchmark("chartqa"), chart).metrics["relaxed_accuracy"] == 1.0
 

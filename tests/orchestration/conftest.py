@@ -13,8 +13,12 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-BUDGET = ["stages.general1.max_steps=2", "stages.general2.max_steps=2", "stages.general1.save_every=1",
-          "stages.general2.save_every=1"]
+BUDGET = [
+    "stages.general1.max_steps=2",
+    "stages.general2.max_steps=2",
+    "stages.general1.save_every=1",
+    "stages.general2.save_every=1",
+]
 
 
 def make_flow_workspace(root: Path) -> Path:
@@ -33,9 +37,16 @@ def make_flow_workspace(root: Path) -> Path:
 
 def flow_env(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DRAGONFLY_"))}
-    return {**env, "PREFECT_HOME": str(root / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2",
-            "PWD": str(root), "COLUMNS": "200"}
+    return {
+        **env,
+        "PREFECT_HOME": str(root / ".prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "2",
+        "PWD": str(root),
+        "COLUMNS": "200",
+    }
 
 
 def run_flow(root: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -30,10 +30,26 @@ OVERRIDES = ["max_steps=1", "global_batch=2", "micro_batch=2", "save_every=100",
 LIMIT = 8
 EXPERIMENT = "dragonfly-tiny"
 # Tiny profile: 4×4 patches + CLS = 17 tokens per tile, + 1 separator.
-TOKENS = {"baseline1": 90, "baseline2": 306, "baseline3": 450, "dragonfly_region": 306,
-          "dragonfly_global": 306, "dragonfly_least_similar": 306, "high_4x4": 306, "high_6x8": 306}
-ENCODED = {"baseline1": 5, "baseline2": 17, "baseline3": 25, "dragonfly_region": 29,
-           "dragonfly_global": 29, "dragonfly_least_similar": 29, "high_4x4": 21, "high_6x8": 53}
+TOKENS = {
+    "baseline1": 90,
+    "baseline2": 306,
+    "baseline3": 450,
+    "dragonfly_region": 306,
+    "dragonfly_global": 306,
+    "dragonfly_least_similar": 306,
+    "high_4x4": 306,
+    "high_6x8": 306,
+}
+ENCODED = {
+    "baseline1": 5,
+    "baseline2": 17,
+    "baseline3": 25,
+    "dragonfly_region": 29,
+    "dragonfly_global": 29,
+    "dragonfly_least_similar": 29,
+    "high_4x4": 21,
+    "high_6x8": 53,
+}
 
 
 def _workspace(root: Path) -> Path:
@@ -44,8 +60,9 @@ def _workspace(root: Path) -> Path:
     params["data"].update(root=str(data), out_dir=str(data / "mixtures"), synth=[])
     params["data"]["mixtures"] = {"tiny_general": params["data"]["mixtures"]["tiny_general"]}
     params["profiles"]["tiny"]["model"]["tiny"]["vision_from"] = None  # random tower keeps this test fast
-    build_mixture(DataConfig.from_dict(params["data"]).mixture("tiny_general"), data,
-                  data / "mixtures" / "tiny_general")
+    build_mixture(
+        DataConfig.from_dict(params["data"]).mixture("tiny_general"), data, data / "mixtures" / "tiny_general"
+    )
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
@@ -62,19 +79,44 @@ def ablated(tmp_path_factory):
         mp.setenv("DRAGONFLY_TRACKING", "1")
         mp.delenv("DRAGONFLY_PARENT_RUN_ID", raising=False)
         MlflowClient(uri).create_experiment(EXPERIMENT, artifact_location=(root / "art").as_uri())
-        first = run_ablation(VARIANTS, "tiny", params, root / "out", OVERRIDES, eval_limit=LIMIT,
-                             eval_batch_size=8, progress=False)
+        first = run_ablation(
+            VARIANTS, "tiny", params, root / "out", OVERRIDES, eval_limit=LIMIT, eval_batch_size=8, progress=False
+        )
         # Later calls rewrite the same files; keep what the first one wrote.
         written = {kind: path.read_text() for kind, path in first.files.items()}
         parent_env = os.environ.get("DRAGONFLY_PARENT_RUN_ID")
         stamps = {p: p.stat().st_mtime_ns for p in (root / "out").glob("*/*/final/model.safetensors")}
-        second = run_ablation(VARIANTS, "tiny", params, root / "out", OVERRIDES, eval_limit=LIMIT,
-                              eval_batch_size=8, progress=False)
-        cli = CliRunner().invoke(_app(), ["ablate", "--params", str(params), "--out", str(root / "out"),
-                                          "--limit", str(LIMIT), "--no-mlflow", "--batch-size", "8",
-                                          *[a for v in VARIANTS for a in ("--variant", v)], *OVERRIDES])
-        yield {"root": root, "params": params, "uri": uri, "first": first, "second": second,
-               "stamps": stamps, "cli": cli, "written": written, "parent_env": parent_env}
+        second = run_ablation(
+            VARIANTS, "tiny", params, root / "out", OVERRIDES, eval_limit=LIMIT, eval_batch_size=8, progress=False
+        )
+        cli = CliRunner().invoke(
+            _app(),
+            [
+                "ablate",
+                "--params",
+                str(params),
+                "--out",
+                str(root / "out"),
+                "--limit",
+                str(LIMIT),
+                "--no-mlflow",
+                "--batch-size",
+                "8",
+                *[a for v in VARIANTS for a in ("--variant", v)],
+                *OVERRIDES,
+            ],
+        )
+        yield {
+            "root": root,
+            "params": params,
+            "uri": uri,
+            "first": first,
+            "second": second,
+            "stamps": stamps,
+            "cli": cli,
+            "written": written,
+            "parent_env": parent_env,
+        }
 
 
 def _app():
@@ -113,8 +155,10 @@ def test_files_written_with_variant_columns_and_visual_tokens(ablated) -> None:
 def test_distinct_answers_counted_from_predictions(ablated) -> None:
     out = ablated["root"] / "out"
     for name, result in ablated["first"].variants.items():
-        records = [json.loads(line) for line in
-                   (out / name / "eval" / "synth_general" / "predictions.jsonl").read_text().splitlines()]
+        records = [
+            json.loads(line)
+            for line in (out / name / "eval" / "synth_general" / "predictions.jsonl").read_text().splitlines()
+        ]
         pairs = {(r["task"], " ".join(r["prediction"].lower().split())) for r in records}
         assert result.distinct_answers == {"synth_general": len(pairs) / LIMIT}
 
@@ -134,8 +178,11 @@ def test_csv_equals_each_variants_metrics_json(ablated) -> None:
     assert {r["variant"] for r in rows} == set(VARIANTS)
     for variant in VARIANTS:
         on_disk = json.loads((out / variant / "eval" / "synth_general" / METRICS_FILE).read_text())
-        in_csv = {r["metric"]: float(r["value"]) for r in rows
-                  if r["variant"] == variant and r["benchmark"] == "synth_general"}
+        in_csv = {
+            r["metric"]: float(r["value"])
+            for r in rows
+            if r["variant"] == variant and r["benchmark"] == "synth_general"
+        }
         assert in_csv == on_disk
         assert on_disk["n"] == LIMIT
         model = {r["metric"]: float(r["value"]) for r in rows if r["variant"] == variant and r["benchmark"] == "model"}
@@ -158,8 +205,17 @@ def test_second_run_reuses_finished_variants(ablated) -> None:
 
 def test_changed_eval_settings_reevaluate_without_retraining(ablated, monkeypatch) -> None:
     monkeypatch.chdir(ablated["root"])
-    result = run_ablation(["baseline1"], "tiny", ablated["params"], ablated["root"] / "out", OVERRIDES,
-                          eval_limit=4, eval_batch_size=8, progress=False, mlflow=False)
+    result = run_ablation(
+        ["baseline1"],
+        "tiny",
+        ablated["params"],
+        ablated["root"] / "out",
+        OVERRIDES,
+        eval_limit=4,
+        eval_batch_size=8,
+        progress=False,
+        mlflow=False,
+    )
     variant = result.variants["baseline1"]
     assert variant.reused_stages == ["general1", "general2"] and variant.reused_evals == []
     assert variant.metrics["synth_general"]["n"] == 4
@@ -188,5 +244,7 @@ def test_mlflow_parent_with_nested_variant_and_stage_runs(ablated) -> None:
 
 def test_stage_overrides_apply_to_all_or_one_stage() -> None:
     split = split_overrides(["lr=1e-3", "general2.max_steps=300", "data.mixture=x"], ["general1", "general2"])
-    assert split == {"general1": ["lr=1e-3", "data.mixture=x"],
-                     "general2": ["lr=1e-3", "max_steps=300", "data.mixture=x"]}
+    assert split == {
+        "general1": ["lr=1e-3", "data.mixture=x"],
+        "general2": ["lr=1e-3", "max_steps=300", "data.mixture=x"],
+    }

@@ -27,8 +27,9 @@ def _free_port() -> int:
 
 def _start(args: list[str], root: Path, env: dict, log: Path) -> subprocess.Popen:
     # A session of its own, so stopping it stops the processes it started too.
-    return subprocess.Popen(args, cwd=root, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        args, cwd=root, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -65,20 +66,37 @@ def test_prefect_deployment_run_watch_trains_evaluates_and_registers(tmp_path, k
     root = kit.workspace(tmp_path / "checkout")
     port = _free_port()
     env = {**kit.env(root), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
-    server = _start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], root, env,
-                    tmp_path / "server.log")
+    server = _start(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], root, env, tmp_path / "server.log"
+    )
     worker = None
     try:
         _wait_healthy(env["PREFECT_API_URL"], server, tmp_path / "server.log")
         _prefect("work-pool", "create", "dragonfly", "--type", "process", "--overwrite", root=root, env=env)
         deployed = _prefect("--no-prompt", "deploy", "--all", root=root, env=env)
         assert "dragonfly-pipeline/tiny" in deployed.stdout
-        worker = _start([PREFECT, "worker", "start", "--pool", "dragonfly", "--type", "process"], root, env,
-                        tmp_path / "worker.log")
+        worker = _start(
+            [PREFECT, "worker", "start", "--pool", "dragonfly", "--type", "process"], root, env, tmp_path / "worker.log"
+        )
         params = {"stages": ["general1", "general2"], "overrides": kit.budget, "eval_limit": 4}
-        run = subprocess.run([PREFECT, "deployment", "run", "dragonfly-pipeline/tiny", "--params", json.dumps(params),
-                              "--watch", "--watch-timeout", "600"], cwd=root, env=env, capture_output=True, text=True,
-                             timeout=700)
+        run = subprocess.run(
+            [
+                PREFECT,
+                "deployment",
+                "run",
+                "dragonfly-pipeline/tiny",
+                "--params",
+                json.dumps(params),
+                "--watch",
+                "--watch-timeout",
+                "600",
+            ],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=700,
+        )
         assert run.returncode == 0, run.stdout[-3000:] + (tmp_path / "worker.log").read_text()[-5000:]
         assert "Completed" in run.stdout
     finally:

@@ -38,8 +38,9 @@ def test_a_disk_hiccup_mid_training_is_retried_and_resumes(tmp_path, kit, monkey
     monkeypatch.setattr(checkpoint, "commit", flaky_commit)
     flows = _flow_module(root)
     with prefect_test_harness():
-        summary = flows.dragonfly_pipeline("tiny", ["general1"], ["stages.general1.max_steps=3",
-                                                                  "stages.general1.save_every=1"], register=False)
+        summary = flows.dragonfly_pipeline(
+            "tiny", ["general1"], ["stages.general1.max_steps=3", "stages.general1.save_every=1"], register=False
+        )
     assert summary["stages"] == ["general1"]
     assert (root / "runs/tiny/general1/final/config.json").is_file()
     # Step 1 committed, step 2 failed; the retry resumed after step 1 and wrote 2 and 3.

@@ -69,9 +69,26 @@ def test_flow_trains_evaluates_registers_then_skips_what_is_unchanged(flow_works
 
     Image.new("RGB", (96, 64), (200, 30, 30)).save(root / "red.png")
     dragonfly = Path(sys.executable).parent / "dragonfly"
-    answered = subprocess.run([str(dragonfly), "predict", "--model", "models:/dragonfly@champion", "--image",
-                               "red.png", "--question", "What is shown?", "--max-new-tokens", "4", "--json"],
-                              cwd=root, env=flow.env(root), capture_output=True, text=True, timeout=300)
+    answered = subprocess.run(
+        [
+            str(dragonfly),
+            "predict",
+            "--model",
+            "models:/dragonfly@champion",
+            "--image",
+            "red.png",
+            "--question",
+            "What is shown?",
+            "--max-new-tokens",
+            "4",
+            "--json",
+        ],
+        cwd=root,
+        env=flow.env(root),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert answered.returncode == 0, answered.stderr[-3000:]
     assert json.loads(answered.stdout.strip().splitlines()[-1])["question"] == "What is shown?"
     assert (root / ".dragonfly-models" / "dragonfly" / "3").is_dir()

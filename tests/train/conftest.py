@@ -21,8 +21,10 @@ REPO = Path(__file__).resolve().parents[2]
 def make_workspace(root: Path, n_train: int = 12) -> Path:
     """Synthetic general + biomedical data, two mixtures, and a params.yaml pointing at them."""
     data = root / "data"
-    synth = [SynthConfig(variant="general", seed=0, n_train=n_train, n_validation=2, n_test=2),
-             SynthConfig(variant="biomedical", seed=1, n_train=n_train, n_validation=2, n_test=2)]
+    synth = [
+        SynthConfig(variant="general", seed=0, n_train=n_train, n_validation=2, n_test=2),
+        SynthConfig(variant="biomedical", seed=1, n_train=n_train, n_validation=2, n_test=2),
+    ]
     for cfg in synth:
         write(cfg, data)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -44,8 +46,17 @@ def cli(*args: str, cwd: Path, env: dict | None = None, torchrun: int = 0, wait:
     """Run the real `dragonfly` command (optionally under torchrun with gloo on 127.0.0.1)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "DRAGONFLY_TRACKING": "0", **(env or {})}
     if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}",
-               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "dragonfly.cli", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={torchrun}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}",
+            "-m",
+            "dragonfly.cli",
+            *args,
+        ]
     else:
         cmd = [sys.executable, "-m", "dragonfly.cli", *args]
     if not wait:

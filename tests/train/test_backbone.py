@@ -45,8 +45,11 @@ def test_patch_labels_follow_the_glyph_at_every_scale():
 
 
 def test_patch_labels_pick_the_glyph_covering_most_of_a_patch():
-    scene = Scene(size=(128, 128), background_seed=0,
-                  glyphs=(Glyph("circle", "red", 20.0, 20.0), Glyph("cross", "green", 100.0, 100.0)))
+    scene = Scene(
+        size=(128, 128),
+        background_seed=0,
+        glyphs=(Glyph("circle", "red", 20.0, 20.0), Glyph("cross", "green", 100.0, 100.0)),
+    )
     shape, colour = patch_labels(scene, 400.0, GRIDS, tile=32, patch=8)
     high_first, high_last = 5, 5 + 15
     assert colour[high_first].max() == 1 + COLORS.index("red")
@@ -69,7 +72,8 @@ def test_pretrained_tower_learns_saves_in_hub_layout_and_loads_into_the_model(pa
     out, metrics = pretrain_vision("tiny", params, progress=False)
     assert out == tmp_path / "tower"
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "pretrain.json"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     # Held-out scenes: colour is read far above chance (1 of 7 classes), background stays background.
     assert metrics["colour_accuracy"] > 0.5, metrics
     assert metrics["background_accuracy"] > 0.95, metrics
@@ -88,8 +92,10 @@ def test_pretrained_tower_learns_saves_in_hub_layout_and_loads_into_the_model(pa
 
     # Same configuration: skipped, same metrics; a changed one retrains.
     again, same = pretrain_vision("tiny", params, progress=False)
-    assert same == metrics and (out / "model.safetensors").stat().st_mtime_ns == (
-        again / "model.safetensors").stat().st_mtime_ns
+    assert (
+        same == metrics
+        and (out / "model.safetensors").stat().st_mtime_ns == (again / "model.safetensors").stat().st_mtime_ns
+    )
     _, llm_changed = pretrain_vision("tiny", params, ["model.tiny.text_hidden=32"], progress=False)
     assert llm_changed == metrics  # the LLM's sizes do not touch the tower
     _, changed = pretrain_vision("tiny", params, ["vision_pretrain.steps=2"], progress=False)

@@ -73,9 +73,7 @@ def resume(workspace, out) -> tuple[int, str]:
     # A wide console: rich would otherwise wrap long paths at 80 columns, mid-name.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DRAGONFLY_TRACKING": "0", "COLUMNS": "10000"}
     cmd = [sys.executable, "-m", "dragonfly.cli", *RUN, "--out", str(out), "--resume", *CFG]
-    result = subprocess.run(
-        cmd, cwd=workspace, env=env, capture_output=True, text=True, timeout=600
-    )
+    result = subprocess.run(cmd, cwd=workspace, env=env, capture_output=True, text=True, timeout=600)
     return result.returncode, result.stdout + result.stderr
 
 
@@ -83,9 +81,7 @@ def test_the_payload_is_live(tmp_path):
     """The planted bytes do run code when unpickled, so the cases below are not vacuous."""
     marker = tmp_path / "MARKER"
     (tmp_path / "payload.pt").write_bytes(payload_bytes(marker))
-    torch.load(
-        tmp_path / "payload.pt", weights_only=False
-    )  # the unsafe load the trainer must never do
+    torch.load(tmp_path / "payload.pt", weights_only=False)  # the unsafe load the trainer must never do
     assert marker.exists()
 
 
@@ -100,9 +96,7 @@ def test_planted_pickle_never_runs(workspace, run_copy, tmp_path, name):
     target = name.split(" ")[0]
     (newest / target).write_bytes(payload_bytes(marker))
     if name not in ("manifest.json", "extra.pkl (unlisted)"):
-        checkpoint.write_manifest(
-            newest
-        )  # sizes and hashes match: the manifest check cannot save us
+        checkpoint.write_manifest(newest)  # sizes and hashes match: the manifest check cannot save us
     code, output = resume(workspace, run_copy)
     assert not marker.exists(), f"code planted in {target} ran on --resume"
     assert target in output, output[-3000:]
@@ -170,15 +164,11 @@ def test_errors_are_dragonfly_errors():
 def test_weights_only_check_refuses_payloads_and_accepts_tensors(tmp_path):
     marker = tmp_path / "MARKER"
     (tmp_path / "evil.pt").write_bytes(payload_bytes(marker))
-    torch.save(
-        {"module": {"w": torch.ones(2)}, "step": 3, "shape": torch.Size([2])}, tmp_path / "good.pt"
-    )
+    torch.save({"module": {"w": torch.ones(2)}, "step": 3, "shape": torch.Size([2])}, tmp_path / "good.pt")
     why = safe_load.refusal(tmp_path / "evil.pt", deepspeed=True)
     assert why is not None and "evil.pt" in why and "GLOBAL" in why
     assert safe_load.refusal(tmp_path / "good.pt") is None
-    (tmp_path / "legacy.pt").write_bytes(
-        b"\x80\x02}q\x00."
-    )  # a raw pickle: not what torch.save writes
+    (tmp_path / "legacy.pt").write_bytes(b"\x80\x02}q\x00.")  # a raw pickle: not what torch.save writes
     assert safe_load.refusal(tmp_path / "legacy.pt") is not None
     assert not marker.exists()
 

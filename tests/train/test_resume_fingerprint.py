@@ -46,8 +46,9 @@ def test_auto_resumes_only_from_checkpoints_of_the_same_fingerprint(here, tmp_pa
     # the stage trains from step 0 with the new fingerprint.
     _interrupt(out)
     messages = []
-    pipeline.train("general1", "tiny", "params.yaml", [*STEPS, "lr=3e-4"], resume="auto", out_dir=out,
-                   log=messages.append)
+    pipeline.train(
+        "general1", "tiny", "params.yaml", [*STEPS, "lr=3e-4"], resume="auto", out_dir=out, log=messages.append
+    )
     assert "resumed" not in capsys.readouterr().out
     assert any("checkpoints.superseded" in m for m in messages)
     assert [read_state(p)["fingerprint"] for _, p in list_checkpoints(out / "checkpoints.superseded")] == [fp, fp]

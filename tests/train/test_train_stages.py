@@ -61,8 +61,10 @@ def test_general2_changes_everything_reachable(chain):
     assert changed["llm"] == _names(after, "llm")
 
 
-@pytest.mark.parametrize("stage,previous,parts", [("med1", "general2", {"vision", "projector"}),
-                                                  ("med2", "med1", {"vision", "projector", "llm"})])
+@pytest.mark.parametrize(
+    "stage,previous,parts",
+    [("med1", "general2", {"vision", "projector"}), ("med2", "med1", {"vision", "projector", "llm"})],
+)
 def test_med_stages_change_exactly_their_parts(chain, stage, previous, parts):
     _, finals = chain
     before, _ = load(finals[previous])
@@ -98,9 +100,13 @@ def test_batches_without_trained_tokens_stop_the_run(workspace, tmp_path):
 
 def test_non_finite_loss_saves_last_good_state_and_stops(workspace, tmp_path):
     with pytest.raises(TrainingError, match="non-finite loss at step"):
-        train("general2", "tiny", workspace / "params.yaml",
-              ["init_from=init", "lr=1e30", "max_steps=6", "global_batch=4", "micro_batch=2", "warmup_ratio=0"],
-              out_dir=tmp_path)
+        train(
+            "general2",
+            "tiny",
+            workspace / "params.yaml",
+            ["init_from=init", "lr=1e30", "max_steps=6", "global_batch=4", "micro_batch=2", "warmup_ratio=0"],
+            out_dir=tmp_path,
+        )
     saved = checkpoint.latest_valid(tmp_path / "checkpoints")
     assert saved is not None
     state = checkpoint.read_state(saved)
@@ -114,23 +120,38 @@ def test_resume_refuses_a_changed_configuration(workspace, tmp_path):
     with pytest.raises(TrainingError, match=r"different configuration \(lr: 0.001 → 0.0005\)"):
         train("general1", "tiny", workspace / "params.yaml", [*run, "lr=5e-4"], resume=True, out_dir=tmp_path)
     # Bookkeeping and how a step is split may change: the run picks up where it stopped.
-    final = train("general1", "tiny", workspace / "params.yaml", [*run, "keep_last=3", "micro_batch=1"],
-                  resume=True, out_dir=tmp_path)
+    final = train(
+        "general1",
+        "tiny",
+        workspace / "params.yaml",
+        [*run, "keep_last=3", "micro_batch=1"],
+        resume=True,
+        out_dir=tmp_path,
+    )
     assert (final / "config.json").is_file()
 
 
 def test_first_batch_is_logged_decoded(workspace, tmp_path, capsys):
-    train("general1", "tiny", workspace / "params.yaml", ["max_steps=1", "global_batch=2", "micro_batch=2"],
-          out_dir=tmp_path)
+    train(
+        "general1",
+        "tiny",
+        workspace / "params.yaml",
+        ["max_steps=1", "global_batch=2", "micro_batch=2"],
+        out_dir=tmp_path,
+    )
     out = capsys.readouterr().out
     assert "first batch of general1" in out and "<image×306>" in out
     assert "labels: '" in out and "<|eot_id|>" in out.split("labels:")[1]
 
 
 def test_it_learns(workspace, tmp_path):
-    final = train("general2", "tiny", workspace / "params.yaml",
-                  ["init_from=init", "lr=1e-3", "epochs=8", "max_steps=48", "global_batch=8", "micro_batch=4", "save_every=1000"],
-                  out_dir=tmp_path)
+    final = train(
+        "general2",
+        "tiny",
+        workspace / "params.yaml",
+        ["init_from=init", "lr=1e-3", "epochs=8", "max_steps=48", "global_batch=8", "micro_batch=4", "save_every=1000"],
+        out_dir=tmp_path,
+    )
     losses = [json.loads(line)["loss"] for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 48
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
@@ -141,9 +162,20 @@ def test_gradient_checkpointing_gives_the_same_step(workspace, tmp_path):
     """Same loss and weights with the LLM's gradient checkpointing on (it trades compute for memory only)."""
     runs = {}
     for flag in ("false", "true"):
-        final = train("general2", "tiny", workspace / "params.yaml",
-                      ["init_from=init", "max_steps=2", "global_batch=4", "micro_batch=2", "save_every=100",
-                       f"gradient_checkpointing={flag}"], out_dir=tmp_path / flag)
+        final = train(
+            "general2",
+            "tiny",
+            workspace / "params.yaml",
+            [
+                "init_from=init",
+                "max_steps=2",
+                "global_batch=4",
+                "micro_batch=2",
+                "save_every=100",
+                f"gradient_checkpointing={flag}",
+            ],
+            out_dir=tmp_path / flag,
+        )
         runs[flag] = (final.parent / "metrics.jsonl").read_text().splitlines(), load(final)[0].state_dict()
     (log_a, w_a), (log_b, w_b) = runs["false"], runs["true"]
     assert [json.loads(x)["loss"] for x in log_a] == pytest.approx([json.loads(x)["loss"] for x in log_b], abs=1e-6)

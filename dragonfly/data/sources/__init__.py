@@ -75,8 +75,7 @@ def convert(fmt: str, path: Path, root: Path, **options: Any) -> Converted:
     """Run `fmt`'s converter; its rejections are marked as found at the convert stage."""
     if fmt not in FORMATS:
         raise UnknownFormatError(
-            f"unknown data format {fmt!r}{close_match(fmt, FORMATS)}; "
-            f"known: {', '.join(sorted(FORMATS))}"
+            f"unknown data format {fmt!r}{close_match(fmt, FORMATS)}; known: {', '.join(sorted(FORMATS))}"
         )
     _check_options(fmt, options)
     if not Path(path).exists():  # one message for every converter, before any of them runs

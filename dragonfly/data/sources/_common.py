@@ -51,9 +51,7 @@ def read_text(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConverterError(
-            path, f"UTF-8 text; invalid byte 0x{data[exc.start]:02x} at {where} {exc.start}"
-        ) from None
+        raise ConverterError(path, f"UTF-8 text; invalid byte 0x{data[exc.start]:02x} at {where} {exc.start}") from None
 
 
 def read_lines(path: Path) -> list[str]:
@@ -136,9 +134,7 @@ def malformed(source: str, rid: str, file: Path, row: int, expected: str) -> Rej
 
 
 def filtered(source: str, rid: str, file: Path, row: int, reason: str, detail: str) -> Rejection:
-    return Rejection(
-        source=source, id=rid, reason=reason, detail=detail, file=str(file), row=row, kind=FILTERED
-    )
+    return Rejection(source=source, id=rid, reason=reason, detail=detail, file=str(file), row=row, kind=FILTERED)
 
 
 # --- HF hub parquet ---------------------------------------------------------------------
@@ -162,9 +158,7 @@ def parquet_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[Path, in
             raise ConverterError(file, f"a readable parquet file ({exc})") from None
         absent = [c for c in required if c not in table.column_names]
         if absent:
-            raise ConverterError(
-                file, f"columns {list(required)}; missing {absent} (has {table.column_names})"
-            )
+            raise ConverterError(file, f"columns {list(required)}; missing {absent} (has {table.column_names})")
         for i, row in enumerate(table.to_pylist()):
             yield file, i, row
 

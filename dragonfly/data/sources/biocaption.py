@@ -36,9 +36,7 @@ TSV_SPLITS = {
 }
 
 
-def convert_tsv(
-    folder: Path, root: Path, source: str, task: str, images_dir: str | None = None
-) -> Converted:
+def convert_tsv(folder: Path, root: Path, source: str, task: str, images_dir: str | None = None) -> Converted:
     imgs = folder / (images_dir or f"{folder.name}_images")
     files = [(folder / n, s) for n, s in TSV_SPLITS.items() if (folder / n).is_file()]
     if not files:
@@ -51,11 +49,7 @@ def convert_tsv(
                     continue
                 rid = f"{source}:{cols[0]}"
                 if len(cols) != 2:
-                    out.rejections.append(
-                        malformed(
-                            source, rid, file, row, f"2 tab-separated fields, got {len(cols)}"
-                        )
-                    )
+                    out.rejections.append(malformed(source, rid, file, row, f"2 tab-separated fields, got {len(cols)}"))
                     continue
                 image = rel_to_root(imgs / cols[0], root)
                 text = cols[1].strip()
@@ -65,9 +59,7 @@ def convert_tsv(
     return out
 
 
-def convert_r2gen(
-    file: Path, root: Path, source: str, task: str, images_dir: str = "images"
-) -> Converted:
+def convert_r2gen(file: Path, root: Path, source: str, task: str, images_dir: str = "images") -> Converted:
     data = read_json(file, "R2Gen annotation JSON")
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise ConverterError(file, 'an object {"train": [...], "val": [...], "test": [...]}')
@@ -77,20 +69,10 @@ def convert_r2gen(
     for key in sorted(data):
         split = normalise_split(key, file)
         for rec in data[key]:
-            rid = (
-                f"{source}:{rec.get('id', f'row{row}')}"
-                if isinstance(rec, dict)
-                else f"{source}:row{row}"
-            )
-            absent = (
-                missing_keys(rec, ("id", "report", "image_path"))
-                if isinstance(rec, dict)
-                else ["id"]
-            )
+            rid = f"{source}:{rec.get('id', f'row{row}')}" if isinstance(rec, dict) else f"{source}:row{row}"
+            absent = missing_keys(rec, ("id", "report", "image_path")) if isinstance(rec, dict) else ["id"]
             if absent or not isinstance(rec["image_path"], list):
-                out.rejections.append(
-                    malformed(source, rid, file, row, 'keys "id", "report", "image_path" (a list)')
-                )
+                out.rejections.append(malformed(source, rid, file, row, 'keys "id", "report", "image_path" (a list)'))
             else:
                 images = [rel_to_root(imgs / p, root) for p in rec["image_path"]]
                 text = str(rec["report"] or "").strip()

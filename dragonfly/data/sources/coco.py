@@ -16,9 +16,7 @@ from dragonfly.data.sources._common import normalise_split, read_json, rel_to_ro
 PROMPT = "Provide a one-sentence caption for the provided image."
 
 
-def convert(
-    path: Path, root: Path, source: str = "coco", images_dir: str | Path | None = None
-) -> Converted:
+def convert(path: Path, root: Path, source: str = "coco", images_dir: str | Path | None = None) -> Converted:
     data = read_json(path, "COCO captions JSON")
     if not isinstance(data, dict) or not {"images", "annotations"} <= set(data):
         raise ConverterError(path, 'an object with "images" and "annotations" lists')
@@ -26,24 +24,18 @@ def convert(
     if not match:
         raise ConverterError(path, "a file named captions_<split><year>.json")
     split = normalise_split(match.group(1), path)
-    folder = (
-        Path(images_dir) if images_dir else path.parent.parent / f"{match.group(1)}{match.group(2)}"
-    )
+    folder = Path(images_dir) if images_dir else path.parent.parent / f"{match.group(1)}{match.group(2)}"
     if not folder.is_absolute() and images_dir:
         folder = root / folder
     captions: dict[int, list[tuple[int, str]]] = {}
     for ann in data["annotations"]:
-        captions.setdefault(int(ann["image_id"]), []).append(
-            (int(ann["id"]), str(ann["caption"]).strip())
-        )
+        captions.setdefault(int(ann["image_id"]), []).append((int(ann["id"]), str(ann["caption"]).strip()))
     out = Converted()
     for row, img in enumerate(sorted(data["images"], key=lambda i: int(i["id"]))):
         rid = f"{source}:{img['id']}"
         refs = [c for _, c in sorted(captions.get(int(img["id"]), [])) if c]
         if not refs:
-            out.rejections.append(
-                Rejection(source, rid, "empty_answer", "image has no captions", str(path), row)
-            )
+            out.rejections.append(Rejection(source, rid, "empty_answer", "image has no captions", str(path), row))
             continue
         image = rel_to_root(folder / img["file_name"], root)
         out.samples.append(

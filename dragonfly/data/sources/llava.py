@@ -76,15 +76,9 @@ def convert(
     folder = _image_folder(path, root, image_folder)
     out = Converted()
     for row, rec in enumerate(_records(path)):
-        rid = (
-            f"{source}:{rec.get('id', f'row{row}')}"
-            if isinstance(rec, dict)
-            else f"{source}:row{row}"
-        )
+        rid = f"{source}:{rec.get('id', f'row{row}')}" if isinstance(rec, dict) else f"{source}:row{row}"
         if not isinstance(rec, dict) or not isinstance(rec.get("conversations"), list):
-            out.rejections.append(
-                malformed(source, rid, path, row, 'a record with a "conversations" list')
-            )
+            out.rejections.append(malformed(source, rid, path, row, 'a record with a "conversations" list'))
             continue
         turns: list[Turn] = []
         bad = None

@@ -171,9 +171,7 @@ def hallusion_bench(rec: dict[str, Any], split: str, n: int) -> Parsed:
     gt = str(rec["gt_answer"]).strip()
     if gt not in ("0", "1"):
         raise RowError(f'gt_answer "0" or "1", got {gt!r}')
-    key = "_".join(
-        str(rec[k]) for k in ("category", "subcategory", "set_id", "figure_id", "question_id")
-    )
+    key = "_".join(str(rec[k]) for k in ("category", "subcategory", "set_id", "figure_id", "question_id"))
     image = rec.get("image")
     return Parsed(
         rid=f"hallusion_bench:{key}",
@@ -205,9 +203,7 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 
-def convert(
-    path: Path, root: Path, benchmark: str, source: str | None = None, split: str | None = None
-) -> Converted:
+def convert(path: Path, root: Path, benchmark: str, source: str | None = None, split: str | None = None) -> Converted:
     """`split` overrides the split read from shard names (HallusionBench calls its test
     split "image")."""
     spec = BENCHMARKS[benchmark]

@@ -29,9 +29,7 @@ _HEADER = re.compile(
 )
 # Findings headers seen in the reports: "FINDINGS:", "Findings:", "FINDINGS AND
 # IMPRESSION:", "FINDINGS/IMPRESSION:", and "FINDINGS" alone on its line.
-_FINDINGS = re.compile(
-    r"^\s*FINDINGS(?:\s*(?:AND|/|&)\s*IMPRESSIONS?)?\s*(?::|\n)", re.IGNORECASE | re.MULTILINE
-)
+_FINDINGS = re.compile(r"^\s*FINDINGS(?:\s*(?:AND|/|&)\s*IMPRESSIONS?)?\s*(?::|\n)", re.IGNORECASE | re.MULTILINE)
 
 
 def extract_findings(report: str) -> str:
@@ -67,18 +65,12 @@ def convert(
     """`max_images` images per study, frontal views first when the metadata CSV is present."""
     split_table = _table(path, "mimic-cxr-2.0.0-split")
     if split_table is None:
-        raise ConverterError(
-            path, "mimic-cxr-2.0.0-split.csv[.gz] (dicom_id,study_id,subject_id,split)"
-        )
+        raise ConverterError(path, "mimic-cxr-2.0.0-split.csv[.gz] (dicom_id,study_id,subject_id,split)")
     absent = [c for c in ("dicom_id", "study_id", "subject_id", "split") if c not in split_table]
     if absent:
         raise ConverterError(path / "mimic-cxr-2.0.0-split.csv", f"columns; missing {absent}")
     meta = _table(path, "mimic-cxr-2.0.0-metadata")
-    views = (
-        dict(zip(meta["dicom_id"], meta["ViewPosition"].fillna(""), strict=True))
-        if meta is not None
-        else {}
-    )
+    views = dict(zip(meta["dicom_id"], meta["ViewPosition"].fillna(""), strict=True)) if meta is not None else {}
     reports = Path(reports_dir) if reports_dir else path
     if not reports.is_absolute():
         reports = root / reports
@@ -91,9 +83,7 @@ def convert(
         report_file = reports / sdir.with_suffix(".txt")
         if not report_file.is_file():
             out.rejections.append(
-                Rejection(
-                    source, rid, "missing_report", f"no file {report_file}", str(report_file), row
-                )
+                Rejection(source, rid, "missing_report", f"no file {report_file}", str(report_file), row)
             )
             continue
         findings = extract_findings(report_file.read_text(encoding="utf-8", errors="replace"))

@@ -22,9 +22,7 @@ def convert(path: Path, root: Path, source: str | None = None) -> Converted:
             rec = json.loads(line)
             sample = Sample.from_record(rec)
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            out.rejections.append(
-                malformed(source or "native", f"row{row}", path, row, f"a sample record ({exc})")
-            )
+            out.rejections.append(malformed(source or "native", f"row{row}", path, row, f"a sample record ({exc})"))
             continue
         if source:
             sample = Sample(**{**sample.__dict__, "source": source})

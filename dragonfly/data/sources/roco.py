@@ -25,9 +25,7 @@ def _csv_files(path: Path) -> list[Path]:
         return [path]
     files = sorted(p for p in path.rglob("*.csv") if _NAME.search(p.name))
     if not files:
-        raise ConverterError(
-            path, "radiology{train,val,test}data.csv files (columns id,name,caption)"
-        )
+        raise ConverterError(path, "radiology{train,val,test}data.csv files (columns id,name,caption)")
     return files
 
 
@@ -40,9 +38,7 @@ def _images_dir(csv_file: Path, images_dir: str | None) -> Path:
     return csv_file.parent / "images"
 
 
-def convert(
-    path: Path, root: Path, source: str = "roco", images_dir: str | None = None
-) -> Converted:
+def convert(path: Path, root: Path, source: str = "roco", images_dir: str | None = None) -> Converted:
     out = Converted()
     for file in _csv_files(path):
         match = _NAME.search(file.name)

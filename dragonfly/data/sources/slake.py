@@ -50,14 +50,10 @@ def convert(path: Path, root: Path, source: str = "slake", images_dir: str = "im
             rid = f"{source}:{split}:{qid}"
             absent = missing_keys(rec, REQUIRED) if isinstance(rec, dict) else list(REQUIRED)
             if absent:
-                out.rejections.append(
-                    malformed(source, rid, file, row, f"keys {list(REQUIRED)}; missing {absent}")
-                )
+                out.rejections.append(malformed(source, rid, file, row, f"keys {list(REQUIRED)}; missing {absent}"))
                 continue
             if str(rec["q_lang"]).lower() != "en":
-                out.rejections.append(
-                    filtered(source, rid, file, row, "non_english", f"q_lang={rec['q_lang']}")
-                )
+                out.rejections.append(filtered(source, rid, file, row, "non_english", f"q_lang={rec['q_lang']}"))
                 continue
             answer = answer_text(rec["answer"])
             closed = str(rec["answer_type"]).upper() == "CLOSED"

@@ -20,7 +20,8 @@ from dragonfly.model.specs import LAYOUT_KEYS, Layout, TinySpec
 DEFAULT_PARAMS = Path("params.yaml")
 # The sections of params.yaml. `anchors:` holds YAML anchors (`&name`) only; the loader
 # never reads it, so shared blocks can live there without being a setting of their own.
-TOP_LEVEL = ("anchors", "profiles", "ablations", "data", "registry")
+# `dvc:` is read by dvc.yaml only (its profile and evaluation flags).
+TOP_LEVEL = ("anchors", "profiles", "ablations", "data", "registry", "dvc")
 PARAMS_HINT = "run from the project directory (it holds params.yaml) or pass --params FILE"
 
 

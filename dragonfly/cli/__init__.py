@@ -182,6 +182,12 @@ def train(
     profile: str = typer.Option("tiny", help="Profile name in params.yaml."),
     params: Path = ParamsOption,
     resume: bool = typer.Option(False, help="Continue from the newest valid checkpoint of this stage."),
+    resume_auto: bool = typer.Option(
+        False,
+        "--resume-auto",
+        help="Continue only from checkpoints of this very configuration and inputs; "
+        "move others to checkpoints.superseded/ and start afresh (what the flow and dvc.yaml do).",
+    ),
     force: bool = typer.Option(False, help="Train even when the output records the same fingerprint."),
     out: Path | None = typer.Option(None, help="Output directory (default runs/<profile>/<stage>)."),
     override: list[str] = SetOption,
@@ -192,7 +198,15 @@ def train(
     from dragonfly.tracking import tracking_from_env
 
     final = run(
-        stage, profile, params, overrides or [], resume, out, sets=override, tracking=tracking_from_env(), force=force
+        stage,
+        profile,
+        params,
+        overrides or [],
+        "auto" if resume_auto else resume,
+        out,
+        sets=override,
+        tracking=tracking_from_env(),
+        force=force,
     )
     if os.environ.get("RANK", "0") == "0":
         console.print(f"[green]stage {stage} done[/]: {final}")

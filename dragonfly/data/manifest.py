@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,10 @@ from dragonfly.errors import DragonflyError
 from dragonfly.files import atomic_write_json
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from dragonfly.data.mixture import MixtureConfig
+    from dragonfly.data.schema import Sample
 
 MANIFEST = "manifest.json"
 DATASET = "dataset"
@@ -53,13 +57,42 @@ def fingerprint(cfg: MixtureConfig) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def write_manifest(out_dir: Path, cfg: MixtureConfig, root: Path, status: str, error: str | None = None) -> Path:
+def data_root(manifest_path: Path) -> Path:
+    """The data root a build's image paths are relative to (stored relative to the manifest)."""
+    return (manifest_path.parent / json.loads(manifest_path.read_text())["data_root"]).resolve()
+
+
+def content_digest(samples: Sequence[Sample], root: Path) -> str:
+    """sha256 of what a build holds: every sample (its text and image paths, in order) and
+    the size of every image it references. A rebuild from changed sources is a new digest
+    even when the mixture config is the same, so a stage trained on the old build is not
+    taken as up to date. Images by size (a stat, not a read), so a deterministic
+    regeneration of the same images keeps the digest."""
+    digest = hashlib.sha256()
+    sizes: dict[str, int] = {}
+    for sample in samples:
+        digest.update(json.dumps(sample.to_record(), sort_keys=True, default=str).encode("utf-8"))
+        for image in sample.images:
+            if image not in sizes:
+                path = root / image
+                sizes[image] = path.stat().st_size if path.is_file() else -1
+    digest.update(json.dumps(sorted(sizes.items())).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def write_manifest(
+    out_dir: Path, cfg: MixtureConfig, root: Path, status: str, error: str | None = None, content: str | None = None
+) -> Path:
     manifest: dict[str, Any] = {
         "status": status,
         "mixture": config_record(cfg),
         "fingerprint": fingerprint(cfg),
-        "data_root": str(root.resolve()),
+        # Relative to this manifest's folder, so the same build is the same bytes in every
+        # clone and still finds its images from any working directory.
+        "data_root": os.path.relpath(root.resolve(), out_dir.resolve()),
     }
+    if content is not None:
+        manifest["content"] = content
     if error is not None:
         manifest["error"] = error
     path = out_dir / MANIFEST

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from dragonfly.config import ConfigError, check_keys
 from dragonfly.config import from_dict as typed_from_dict
-from dragonfly.data.manifest import DATASET, FAILED, OK, write_manifest
+from dragonfly.data.manifest import DATASET, FAILED, OK, content_digest, write_manifest
 from dragonfly.data.quarantine import (
     ERROR,
     FILTERED,
@@ -372,7 +372,7 @@ def _build_into(cfg: MixtureConfig, root: Path, work: Path, out_dir: Path, progr
         raise failure
 
     save_dataset(final, root, work / DATASET, cfg.seed)
-    write_manifest(work, cfg, root, OK)
+    write_manifest(work, cfg, root, OK, content=content_digest(final, root))
     return stats
 
 

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from dragonfly.data.prompts import letters, mcq_prompt
 from dragonfly.data.schema import Sample, qa_sample, write_samples_jsonl
+from dragonfly.errors import DragonflyError
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 SPLIT_INDEX = {"train": 0, "validation": 1, "test": 2}
@@ -98,6 +99,9 @@ class Scene:
     glyphs: tuple[Glyph, ...] = field(default_factory=tuple)
 
 
+_MAX_PLACEMENTS = 10_000  # tries to place a scene's glyphs apart; ~10 suffice at the default sizes
+
+
 def glyph_extent(area: float) -> float:
     """Half-width of the largest glyph (the cross) of the given area, for placement."""
     return math.sqrt(9 * area / 5) / 2
@@ -109,12 +113,19 @@ def make_scene(cfg: SynthConfig, rng: np.random.Generator) -> Scene:
     colors = [str(c) for c in rng.permutation(list(PALETTES[cfg.variant]))[:n]]
     half = glyph_extent(cfg.glyph_area) + 2
     glyphs: list[Glyph] = []
-    while len(glyphs) < n:
+    for _attempt in range(_MAX_PLACEMENTS):
+        if len(glyphs) == n:
+            break
         cx = float(rng.uniform(half, size[0] - half))
         cy = float(rng.uniform(half, size[1] - half))
         if all(math.hypot(cx - g.cx, cy - g.cy) > 4 * half for g in glyphs):
             shape = SHAPES[int(rng.integers(len(SHAPES)))]
             glyphs.append(Glyph(shape, colors[len(glyphs)], cx, cy))
+    if len(glyphs) < n:  # rejection sampling never ends when the glyphs cannot fit
+        raise DragonflyError(
+            f"data.synth: {n} glyphs of area {cfg.glyph_area:g} px² do not fit apart in a {size[0]}×{size[1]} image",
+            hint="use larger `sizes`, a smaller `glyph_area` or fewer `max_glyphs`",
+        )
     return Scene(size=size, background_seed=int(rng.integers(2**31)), glyphs=tuple(glyphs))
 
 

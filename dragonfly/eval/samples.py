@@ -7,12 +7,12 @@ converter. `select_samples` narrows them to the benchmark's split, sources and t
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dragonfly.data.manifest import data_root as manifest_data_root
 from dragonfly.data.schema import Sample
 from dragonfly.data.sources import convert
 from dragonfly.errors import DragonflyError
@@ -42,7 +42,7 @@ def _from_dataset(path: Path, split: str | None) -> tuple[list[Sample], Path | N
     from datasets import load_from_disk
 
     manifest = path / "manifest.json"
-    data_root = Path(json.loads(manifest.read_text())["data_root"]) if manifest.is_file() else None
+    data_root = manifest_data_root(manifest) if manifest.is_file() else None
     dataset_dir = path / "dataset" if (path / "dataset").is_dir() else path
     dd = load_from_disk(str(dataset_dir))
     splits = [split] if split in dd else list(dd)

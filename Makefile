@@ -10,7 +10,15 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 
-.PHONY: install test lint run bench clean
+.PHONY: install test lint run bench clean sky
+
+# SkyPilot, the cluster launcher (sky/, docs/sky.md), lives in a tool environment of its own: its
+# click pin conflicts with this project's stack, and it never imports dragonfly. It is called as
+# the command $(SKY_VENV)/bin/sky. `make sky SKY_EXTRAS=aws,gcp` adds the clouds' SDKs.
+comma := ,
+SKY_VENV := .venv-sky
+SKY_SPEC := skypilot$(if $(SKY_EXTRAS),[$(SKY_EXTRAS)])==0.14.1
+SKY_STAMP := $(SKY_VENV)/.installed-$(subst $(comma),-,$(or $(SKY_EXTRAS),none))
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +42,15 @@ lint: $(STAMP)
 
 run: $(STAMP)
 	bash scripts/demo.sh
+
+$(SKY_STAMP):
+	test -x $(SKY_VENV)/bin/python || $(PY) -m venv $(SKY_VENV)
+	echo '*' > $(SKY_VENV)/.gitignore  # the environment ignores itself: nothing of it is ever committed
+	$(SKY_VENV)/bin/pip install --quiet '$(SKY_SPEC)'
+	touch $(SKY_STAMP)
+
+sky: $(SKY_STAMP)
+	@echo "SkyPilot: $(SKY_VENV)/bin/sky ($$($(SKY_VENV)/bin/sky --version))"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_processing.py

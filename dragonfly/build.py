@@ -5,6 +5,7 @@ vision and LLM backbones (the paper profile: CLIP ViT-B/32 + Llama-3-8B-Instruct
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -42,15 +43,16 @@ def make_processor(config: DragonflyConfig, tokenizer, image_mean=CLIP_MEAN, ima
     return DragonflyProcessor(image_processor, tokenizer, image_seq_length=config.image_seq_length)
 
 
-def build_tiny(spec: TinySpec | None = None, layout: Layout | None = None, seed: int = 0):
-    """A tiny model and its processor; seconds on a CPU, no download.
+def build_tiny(spec: TinySpec | None = None, layout: Layout | None = None, seed: int = 0, corpus: Sequence[str] = ()):
+    """A tiny model and its processor; seconds on a CPU, no download. ``corpus`` (texts)
+    trains the tokenizer beside its base word list when ``spec.tokenizer_from_data``.
 
     The LLM and projector are random. The vision tower is random too, unless
     ``spec.vision_from`` names a pretrained tiny tower (``dragonfly pretrain-vision``),
     which is then loaded like any hub vision backbone.
     """
     spec, layout = spec or TinySpec(), layout or Layout()
-    tokenizer = build_tokenizer(spec.vocab_size)
+    tokenizer = build_tokenizer(spec.vocab_size, corpus=corpus if spec.tokenizer_from_data else ())
     tower, vision_cfg, mean, std = None, vision_config(spec), CLIP_MEAN, CLIP_STD
     if spec.vision_from:
         if not (Path(spec.vision_from) / "config.json").is_file():
@@ -108,10 +110,11 @@ def build_from_backbones(vision: str, llm: str, layout: Layout | None = None, dt
     return model, make_processor(config, tokenizer, mean, std)
 
 
-def build_model(section: ModelSection):
-    """Model + processor for a profile's ``model`` section."""
+def build_model(section: ModelSection, corpus: Sequence[str] = ()):
+    """Model + processor for a profile's ``model`` section; ``corpus`` goes to the tiny
+    tokenizer (the backbones bring their own)."""
     if section.source == "tiny":
-        return build_tiny(section.tiny, section.layout, section.seed)
+        return build_tiny(section.tiny, section.layout, section.seed, corpus)
     if section.source == "backbones":
         return build_from_backbones(section.vision, section.llm, section.layout, section.dtype, section.seed)
     raise ConfigError(f"model.source must be 'tiny' or 'backbones', got {section.source!r}")

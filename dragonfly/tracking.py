@@ -10,15 +10,46 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-DEFAULT_URI = "sqlite:///mlflow.db"
+# The project's config, dragonfly.config.DEFAULT_PARAMS (a layer above this module, so not imported).
+PARAMS = "params.yaml"
+STORE = "mlflow.db"
+ARTIFACTS = "mlruns"
+SQLITE = "sqlite:///"
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The first folder from ``start`` (the cwd) upwards that holds the project's
+    ``params.yaml`` or a ``.git``; else ``start``. Commands run from a subfolder (``docs/``,
+    ``runs/tiny/``) then share one store instead of each growing its own."""
+    here = Path.cwd() if start is None else Path(start).resolve()
+    for folder in (here, *here.parents):
+        if (folder / PARAMS).is_file() or (folder / ".git").exists():
+            return folder
+    return here
+
+
+def default_uri(start: str | Path | None = None) -> str:
+    """``sqlite:///<project root>/mlflow.db`` (an absolute path: the same store from any subfolder)."""
+    return f"{SQLITE}{project_root(start) / STORE}"
 
 
 def tracking_uri() -> str:
-    """MLflow's own convention: ``MLFLOW_TRACKING_URI``, else ``./mlflow.db``."""
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+    """``MLFLOW_TRACKING_URI`` (MLflow's own convention), else :func:`default_uri`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment of the store ``uri`` keeps its artifacts: ``mlruns/`` beside a
+    local sqlite file. MLflow's own default is ``./mlruns`` of whatever folder the command
+    runs in, which scatters one store's artifacts over many folders. Other stores (a server,
+    a file store) place artifacts themselves: None."""
+    database = uri.removeprefix(SQLITE).split("?", 1)[0]  # "rel/x.db", or "/abs/x.db" from sqlite:////abs/x.db
+    if not uri.startswith(SQLITE) or database in ("", ":memory:"):
+        return None
+    return (Path(database).resolve().parent / ARTIFACTS).as_uri()
 
 
 @dataclass(frozen=True)
@@ -27,7 +58,7 @@ class Tracking:
     as an argument (``None``: no tracking); only the edges (CLI, flow) read the
     environment, in :func:`tracking_from_env`."""
 
-    uri: str = DEFAULT_URI
+    uri: str = field(default_factory=default_uri)
     parent_run_id: str | None = None
 
     def under(self, parent_run_id: str | None) -> Tracking:
@@ -43,7 +74,7 @@ def tracking_from_env(environ: Mapping[str, str] = os.environ) -> Tracking | Non
     """``DRAGONFLY_TRACKING=0`` switches tracking off; ``MLFLOW_TRACKING_URI`` picks the store."""
     if environ.get("DRAGONFLY_TRACKING", "1").lower() in ("0", "false", "no", "off"):
         return None
-    return Tracking(uri=environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
+    return Tracking(uri=environ.get("MLFLOW_TRACKING_URI") or default_uri())
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, str]:
@@ -73,13 +104,18 @@ class Tracker:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=uri or tracking_uri())
+        uri = uri or tracking_uri()
+        self.client = MlflowClient(tracking_uri=uri)
         if run_id is not None:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
             return
         found = self.client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        experiment_id = (
+            found.experiment_id
+            if found
+            else self.client.create_experiment(experiment, artifact_location=artifact_location(uri))
+        )
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id

@@ -190,6 +190,12 @@ def train(
     ),
     force: bool = typer.Option(False, help="Train even when the output records the same fingerprint."),
     out: Path | None = typer.Option(None, help="Output directory (default runs/<profile>/<stage>)."),
+    progress: bool = typer.Option(
+        True,
+        "--progress/--no-progress",
+        help="Show a progress bar on a terminal (never when the output is redirected); "
+        "loss lines are printed either way.",
+    ),
     override: list[str] = SetOption,
     overrides: list[str] = typer.Argument(None, help="Stage overrides key=value, e.g. lr=1e-4 max_steps=5."),
 ):
@@ -207,6 +213,7 @@ def train(
         sets=override,
         tracking=tracking_from_env(),
         force=force,
+        progress=progress,
     )
     if os.environ.get("RANK", "0") == "0":
         console.print(f"[green]stage {stage} done[/]: {final}")

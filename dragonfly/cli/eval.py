@@ -7,6 +7,7 @@ benchmark is one MLflow run (nested under an "eval" parent run for `--benchmark 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -61,20 +62,64 @@ def _plan(
 
 
 def _summary_table(results: dict[str, dict]) -> Table:
+    """The headline metric of each benchmark beside what a constant answer scores and how
+    many distinct answers the model gave, so a model that says one word to everything shows."""
     table = Table(title="evaluation")
-    table.add_column("benchmark")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_column("n", justify="right")
+    for column, justify in (("benchmark", "left"), ("metric", "left"), ("value", "right")):
+        table.add_column(column, justify=justify)
+    for column in ("majority answer", "distinct answers", "n"):
+        table.add_column(column, justify="right")
     for name, metrics in results.items():
         spec = BENCHMARKS[name]
         if is_skipped(metrics):
-            table.add_row(name, "skipped", "-", "-")
-        else:
-            value = metrics.get(spec.primary)
-            shown = f"{value:.4f}" if isinstance(value, float) else "-"
-            table.add_row(name, spec.primary, shown, str(int(metrics.get("n", 0))))
+            table.add_row(name, "skipped", "-", "-", "-", "-")
+            continue
+        for label, key, head in _headline_rows(spec, metrics):
+            table.add_row(
+                label,
+                key[len(head) :],
+                _number(metrics.get(key)),
+                _number(metrics.get(f"{head}majority_baseline")),
+                _count(metrics.get(f"{head}distinct_predictions")),
+                _count(metrics.get(f"{head}n", metrics.get("n"))),
+            )
     return table
+
+
+def _headline_rows(spec: BenchmarkSpec, metrics: dict) -> list[tuple[str, str, str]]:
+    """(label, metric key, key prefix of its baseline): the primary metric, then one row per
+    task group or answer type that has a baseline of its own (closed/open, vqa_open...)."""
+    rows = [(spec.name, spec.primary, "")]
+    heads = sorted({k[: -len("majority_baseline")] for k in metrics if k.endswith("_majority_baseline")})
+    for head in heads:
+        key = next((head + k for k in (spec.primary, "exact_match", "accuracy") if head + k in metrics), None)
+        if key is not None:
+            rows.append((f"  {head.rstrip('_')}", key, head))
+    return rows
+
+
+def _number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-"
+
+
+def _count(value) -> str:
+    return str(int(value)) if isinstance(value, float) else "-"
+
+
+def benchmarks_table() -> Table:
+    """Every benchmark: name, what it is, tasks, split and the protocol it follows."""
+    table = Table(title="benchmarks (`--benchmark NAME`; generic ones score any --data)")
+    for column in ("name", "title", "tasks", "split", "reference"):
+        table.add_column(column, overflow="fold")
+    for spec in BENCHMARKS.values():
+        table.add_row(spec.name, spec.title, ", ".join(spec.tasks), spec.split, spec.reference)
+    return table
+
+
+def _list_benchmarks(value: bool) -> None:
+    if value:
+        console.print(benchmarks_table())
+        raise typer.Exit()
 
 
 def eval_command(
@@ -82,10 +127,15 @@ def eval_command(
         str,
         typer.Option(
             help="Saved Dragonfly directory (save_pretrained), or a registered model: "
-            "models:/NAME@ALIAS or models:/NAME/VERSION."
+            "models:/NAME@ALIAS or models:/NAME/N."
         ),
     ],
-    benchmark: Annotated[str, typer.Option(help=f"Benchmark name or 'all'. Known: {', '.join(BENCHMARKS)}.")] = "all",
+    benchmark: Annotated[
+        str,
+        typer.Option(
+            help="Benchmark name, 'all', or a generic one for your data: vqa, mcq, caption. `--list` shows every name."
+        ),
+    ] = "all",
     data: Annotated[
         Path | None,
         typer.Option(
@@ -106,6 +156,10 @@ def eval_command(
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = EXPERIMENT,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     force: Annotated[bool, typer.Option(help="Evaluate even when OUT records the same evaluation.")] = False,
+    list_: Annotated[
+        bool,
+        typer.Option("--list", is_eager=True, callback=_list_benchmarks, help="List the benchmarks and exit."),
+    ] = False,
 ) -> None:
     """Evaluate MODEL with greedy decoding; write predictions, metrics (DVC) and log to MLflow."""
     from dragonfly.pipeline import EvalOptions, evaluate
@@ -133,7 +187,7 @@ def eval_command(
             limit,
             batch_size,
             tracking,
-            progress,
+            progress and sys.stderr.isatty(),  # tqdm bars would flood a redirected log
             force,
             console.print,
             options,

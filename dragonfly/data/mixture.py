@@ -1,5 +1,11 @@
 """Build a named training mixture: convert, validate, de-duplicate, cap, weight, shuffle, save.
 
+De-duplication, the per-image cap and the sources' weights and caps shape the *training*
+split only: validation and test rows are kept as the dataset publishes them (broken rows are
+still rejected), so a baseline computed on a test split stays the one the model is scored
+on. `filter_eval_splits: true` applies them to every split. A build whose training split
+shares an image+question pair with an evaluation split fails (leakage), naming the pairs.
+
 Output folder of a build:
 - `dataset/`        HF `datasets` DatasetDict (one Arrow table per split), `save_to_disk`
 - `quarantine.jsonl` every rejected or filtered row with source, id, reason, file and row
@@ -41,6 +47,7 @@ from dragonfly.data.quarantine import (
 from dragonfly.data.schema import SPLITS, ImageCheck, Sample, split_origin
 from dragonfly.data.sources import convert
 from dragonfly.data.validate import validate_samples
+from dragonfly.errors import DragonflyError
 from dragonfly.files import atomic_dir, atomic_write_json
 from dragonfly.model.images import DEFAULT_MAX_IMAGE_PIXELS
 
@@ -88,7 +95,9 @@ class SourceSpec:
 class MixtureConfig:
     """`max_image_pixels`: images with more pixels are rejected as `image_too_large`,
     checked on the file header before decoding. The default is the size at which Pillow
-    itself refuses an image as a decompression bomb (its MAX_IMAGE_PIXELS x 2)."""
+    itself refuses an image as a decompression bomb (its MAX_IMAGE_PIXELS x 2).
+    `filter_eval_splits`: also de-duplicate, cap and weight validation/test rows.
+    `allow_split_overlap`: build even when train and evaluation splits share pairs."""
 
     name: str
     sources: tuple[SourceSpec, ...]
@@ -98,6 +107,8 @@ class MixtureConfig:
     min_image_size: int = 16
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     validate_images: bool = True
+    filter_eval_splits: bool = False
+    allow_split_overlap: bool = False
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.sources]
@@ -204,6 +215,31 @@ def apply_weight(samples: Sequence[Sample], weight: float, cap: int | None, rng:
     return out
 
 
+class SplitOverlapError(DragonflyError, ValueError):
+    """Training and evaluation splits share image+question pairs: the scores would be leaked."""
+
+
+def split_overlap(samples: Sequence[Sample]) -> list[tuple[Sample, Sample]]:
+    """(train sample, evaluation sample) pairs with the same image(s) and instruction, one
+    per evaluation sample; repeats of a training sample count once."""
+    train: dict[tuple[tuple[str, ...], str], Sample] = {}
+    for s in samples:
+        if s.split == "train":
+            train.setdefault(_instruction_key(s), s)
+    return [(train[k], s) for s in samples if s.split != "train" and (k := _instruction_key(s)) in train]
+
+
+def _overlap_error(mixture: str, overlap: Sequence[tuple[Sample, Sample]]) -> SplitOverlapError:
+    shown = "; ".join(f"{t.id} (train) = {e.id} ({e.split})" for t, e in overlap[:3])
+    splits = ", ".join(sorted({e.split for _, e in overlap}))
+    return SplitOverlapError(
+        f"mixture {mixture!r}: {len(overlap)} {splits} sample(s) have the same image and question as a "
+        f"training sample, e.g. {shown}",
+        hint="convert each split from its own file (--option split=...), or set allow_split_overlap: true "
+        "in the mixture if the overlap is intended",
+    )
+
+
 def _renamed(sample: Sample, new_id: str) -> Sample:
     return Sample(**{**sample.__dict__, "id": new_id})
 
@@ -259,8 +295,10 @@ def _fraction(part: int, whole: int) -> float:
     return round(part / whole, 6) if whole else 0.0
 
 
-def save_dataset(samples: Sequence[Sample], root: Path, target: Path, seed: int) -> None:
-    """Shuffle each split by seed and write a DatasetDict atomically (tmp dir, then rename)."""
+def save_dataset(samples: Sequence[Sample], root: Path, target: Path, seed: int, progress: bool = True) -> None:
+    """Shuffle each split by seed and write a DatasetDict atomically (tmp dir, then rename);
+    without `progress`, `datasets` draws no "Saving the dataset" bars (a log stays readable)."""
+    import datasets
     from datasets import Dataset, DatasetDict, Features, List, Value
 
     features = Features(
@@ -289,8 +327,15 @@ def save_dataset(samples: Sequence[Sample], root: Path, target: Path, seed: int)
             rec["origin"] = _relative_origin(rec["origin"], root)
             records.append(rec)
         splits[split] = Dataset.from_list(records, features=features)
-    with atomic_dir(target) as tmp:
-        DatasetDict(splits).save_to_disk(str(tmp))
+    switch = not progress and datasets.is_progress_bar_enabled()
+    if switch:  # `save_to_disk` has no flag of its own; restored right after
+        datasets.disable_progress_bars()
+    try:
+        with atomic_dir(target) as tmp:
+            DatasetDict(splits).save_to_disk(str(tmp))
+    finally:
+        if switch:
+            datasets.enable_progress_bars()
 
 
 def build_mixture(cfg: MixtureConfig, root: Path, out_dir: Path, progress: bool = False) -> BuildResult:
@@ -345,33 +390,45 @@ def _build_into(cfg: MixtureConfig, root: Path, work: Path, out_dir: Path, progr
             "filtered": sum(r.kind == FILTERED for r in bad),
             "valid": len(checked.samples),
         }
-    deduped, duplicates = deduplicate(valid)
+    # Evaluation rows pass through as published unless the mixture asks otherwise.
+    shaped = [s for s in valid if cfg.filter_eval_splits or s.split == "train"]
+    as_published = [s for s in valid if not (cfg.filter_eval_splits or s.split == "train")]
+    deduped, duplicates = deduplicate(shaped)
     capped, over_cap = cap_per_image(deduped, cfg.max_per_image, np.random.default_rng([cfg.seed, _STREAM_IMAGE_CAP]))
     final: list[Sample] = []
     for k, spec in enumerate(cfg.sources):
         mine = [s for s in capped if s.source == spec.name]
         weighted = apply_weight(mine, spec.weight, spec.cap, np.random.default_rng([cfg.seed, _STREAM_WEIGHT, k]))
-        final.extend(weighted)
+        kept = weighted + [s for s in as_published if s.source == spec.name]
+        final.extend(kept)
         stats = per_source[spec.name]
         stats["duplicates"] = sum(s.source == spec.name for s in duplicates)
         stats["over_image_cap"] = sum(s.source == spec.name for s in over_cap)
-        stats["samples"] = len(weighted)
+        # Samples the weight and cap added (repeats, > 0) or removed (< 0): with it the
+        # columns add up, rows - rejected - filtered - duplicates - over_image_cap + weighting = samples.
+        stats["weighting"] = len(weighted) - len(mine)
+        stats["samples"] = len(kept)
+        stats["per_split"] = dict(sorted(Counter(s.split for s in kept).items()))
 
     # Intentional drops are still written down, as filtered rows, never lost silently.
     rejections.extend(_dropped(s, "duplicate_pair", "same image(s) and instruction") for s in duplicates)
     rejections.extend(
         _dropped(s, "over_image_cap", f"more than {cfg.max_per_image} samples per image") for s in over_cap
     )
+    overlap = [] if cfg.allow_split_overlap else split_overlap(final)
     write_quarantine(rejections, work / QUARANTINE)
     stats = build_stats(cfg, per_source, final, rejections, n_seen)
     # Stats and quarantine are written before failing, so the bad rows can be inspected.
     failure = _threshold_failure(cfg, rejections, n_seen, by_source, out_dir / QUARANTINE)
+    if failure is None and overlap:
+        failure = _overlap_error(cfg.name, overlap)
+    stats["split_overlap"] = len(overlap)
     stats["status"] = FAILED if failure else OK
     atomic_write_json(work / STATS, stats, indent=2, sort_keys=True)
     if failure:
         raise failure
 
-    save_dataset(final, root, work / DATASET, cfg.seed)
+    save_dataset(final, root, work / DATASET, cfg.seed, progress)
     write_manifest(work, cfg, root, OK, content=content_digest(final, root))
     return stats
 

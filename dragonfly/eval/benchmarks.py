@@ -54,7 +54,7 @@ class BenchmarkSpec:
     name: str
     title: str
     format: str  # converter in dragonfly.data.sources.FORMATS for raw releases
-    sources: tuple[str, ...]  # accepted Sample.source values (converter defaults first)
+    sources: tuple[str, ...]  # accepted Sample.source values (converter defaults first); () = any
     split: str
     groups: tuple[ScoreGroup, ...]
     primary: str  # the headline metric key, for ablation tables
@@ -97,13 +97,53 @@ def _converted(name: str) -> str:
     return f"benchmarks/{name}/samples.jsonl"
 
 
+# The scoring groups of the generic benchmarks; the synthetic ones reuse them.
+VQA_GROUP = ScoreGroup(("vqa_closed", "vqa_open"), "vqa")
+MCQ_GROUP = ScoreGroup(("mcq",), "mcq", "mcq")
+CAPTION_GROUP = ScoreGroup(("caption",), CAPTION_METRICS, "caption")
+
+
+def _generic() -> list[BenchmarkSpec]:
+    """Benchmarks for any data: a built mixture's split (default test) or a samples JSONL,
+    any source name (`--source` narrows it). `vqa` scores open and closed questions
+    together and splits them by answer type (a yes/no reference is a closed question, so
+    a converter's task label does not matter)."""
+    common = {
+        "format": "dragonfly_jsonl",
+        "sources": (),
+        "split": "test",
+        "default_path": "",
+        # The question exactly as the data has it: the model was trained on these prompts,
+        # and an added "Answer with a single word" is a prompt it never saw.
+        "instructions": {},
+        "in_all": False,
+    }
+    rows = (
+        ("vqa", "VQA", VQA_GROUP, "exact_match", "VQA accuracy as VQA v2 (min(1, matches/3)); normalised exact match"),
+        ("mcq", "Multiple choice", MCQ_GROUP, "accuracy", "letter extraction as MMMU's parser, no random guess"),
+        ("caption", "Captioning", CAPTION_GROUP, "cider", "COCO caption toolkit (pycocoevalcap): BLEU, ROUGE-L, CIDEr"),
+    )
+    return [
+        BenchmarkSpec(
+            name=name,
+            title=f"{title} on your data",
+            groups=(ScoreGroup(group.tasks, group.scorer),),  # one group: metric names unprefixed
+            primary=primary,
+            reference=reference,
+            **common,
+        )
+        for name, title, group, primary, reference in rows
+    ]
+
+
 def _synth(variant: str) -> list[BenchmarkSpec]:
-    """The whole synthetic benchmark of a variant, and one benchmark per task."""
+    """The whole synthetic benchmark of a variant, and one benchmark per task: the generic
+    groups, on the synthetic source's test split."""
     groups = {
         "vqa_closed": ScoreGroup(("vqa_closed",), "closed", "vqa_closed"),
         "vqa_open": ScoreGroup(("vqa_open",), "open", "vqa_open"),
-        "mcq": ScoreGroup(("mcq",), "mcq", "mcq"),
-        "caption": ScoreGroup(("caption",), CAPTION_METRICS, "caption"),
+        "mcq": MCQ_GROUP,
+        "caption": CAPTION_GROUP,
     }
     base = BenchmarkSpec(
         name=f"synth_{variant}",
@@ -210,6 +250,7 @@ def _lmms(
 
 def _registry() -> dict[str, BenchmarkSpec]:
     specs: list[BenchmarkSpec] = [
+        *_generic(),
         *_synth("general"),
         *_synth("biomedical"),
         # --- general (paper Table 1) ---

@@ -63,6 +63,10 @@ def load_samples(
     directory exists (it is where the build found them), else against `root` — for a
     mixture moved to another machine.
     """
+    if data is None and not spec.default_path:
+        raise NoSamplesError(
+            f"benchmark {spec.name!r} scores your data: pass --data (a built mixture folder or a samples JSONL)"
+        )
     path = data if data is not None else root / spec.default_path
     if not path.exists():
         raise NoSamplesError(
@@ -96,16 +100,20 @@ def select_samples(
     names (or `sources`), its tasks, with images when it requires them; then the first
     `limit`. Raises `NoSamplesError` naming what the data holds when nothing is left."""
     split = split or spec.split
-    accepted = set(sources or spec.sources)
+    accepted = set(sources or spec.sources)  # empty: a generic benchmark takes any source
     chosen = [
         s
         for s in samples
-        if s.split == split and s.source in accepted and s.task in spec.tasks and (s.images or not spec.require_images)
+        if s.split == split
+        and (not accepted or s.source in accepted)
+        and s.task in spec.tasks
+        and (s.images or not spec.require_images)
     ]
     if not chosen:
+        where = f"source in {sorted(accepted)} and " if accepted else ""
         raise NoSamplesError(
-            f"benchmark {spec.name!r} found no samples with split {split!r}, source in "
-            f"{sorted(accepted)} and task in {list(spec.tasks)}; the data holds "
+            f"benchmark {spec.name!r} found no samples with split {split!r}, {where}"
+            f"task in {list(spec.tasks)}; the data holds "
             f"(source/split/task): {_holdings(samples)}. Use --source / --split to pick others."
         )
     unanswered = [s.id for s in chosen if not s.answers]

@@ -9,6 +9,7 @@ from `dragonfly.metrics`; per-sample scores call the same functions on one sampl
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,6 +132,62 @@ def open_llava_med(records: Sequence[Prediction]) -> Scores:
     )
 
 
+CLOSED_TYPE, OPEN_TYPE = "closed", "open"
+
+
+def answer_type(references: Sequence[str]) -> str:
+    """'closed' when the first reference is a yes/no answer (after the synonym fold of
+    `normalize_closed`), else 'open': the split of VQA-RAD/SLAKE, taken from the answer so
+    that data whose converter labels every question `vqa_open` is split all the same."""
+    return CLOSED_TYPE if references and M.normalize_closed(references[0]) in ("yes", "no") else OPEN_TYPE
+
+
+def vqa(records: Sequence[Prediction]) -> Scores:
+    """Open and closed questions together, then per answer type: normalised exact match,
+    VQA accuracy (`metrics.vqa_accuracy`), token F1 for open answers, counts."""
+    preds, refs = _maps(records)
+    per = {
+        r.id: {
+            "correct": float(M.closed_accuracy({r.id: r.prediction}, {r.id: list(r.references)})),
+            "vqa_accuracy": M.vqa_accuracy(r.prediction, r.references),
+            "closed": float(answer_type(r.references) == CLOSED_TYPE),
+        }
+        for r in records
+    }
+    out = {"exact_match": M.closed_accuracy(preds, refs), "vqa_accuracy": _mean(per, "vqa_accuracy", records)}
+    for kind in (CLOSED_TYPE, OPEN_TYPE):
+        members = [r for r in records if answer_type(r.references) == kind]
+        out[f"{kind}_n"] = float(len(members))
+        if members:
+            out[f"{kind}_exact_match"] = _mean(per, "correct", members)
+            out[f"{kind}_vqa_accuracy"] = _mean(per, "vqa_accuracy", members)
+            out.update({f"{kind}_{k}": v for k, v in answer_stats(members).items()})
+    opened = [r for r in records if answer_type(r.references) == OPEN_TYPE]
+    if opened:
+        out["open_token_f1"] = M.corpus_token_f1(*_maps(opened))["f1"]
+    return Scores(out, per)
+
+
+def _mean(per: Mapping[str, Mapping[str, float]], key: str, records: Sequence[Prediction]) -> float:
+    return sum(per[r.id][key] for r in records) / len(records)
+
+
+def answer_stats(records: Sequence[Prediction]) -> dict[str, float]:
+    """What a trivial model scores and how varied the answers are: `majority_baseline` is
+    the exact match of always giving the most common reference answer of these samples
+    (the best constant answer on this very set, so an upper bound for a model that ignores
+    the image); `distinct_predictions` / `distinct_references` count normalised answers
+    (a model answering one word to everything shows as 1)."""
+    counts = Counter(M.normalize_closed(r.references[0]) for r in records if r.references)
+    top = counts.most_common(1)[0][0] if counts else ""
+    hits = sum(any(M.normalize_closed(ref) == top for ref in r.references) for r in records)
+    return {
+        "majority_baseline": hits / len(records) if records else 0.0,
+        "distinct_predictions": float(len({M.normalize_closed(r.prediction) for r in records})),
+        "distinct_references": float(len(counts)),
+    }
+
+
 def mcq(records: Sequence[Prediction]) -> Scores:
     """Letter extraction with `parse_choice` (MMMU's parser plus deterministic
     extensions, never a random guess)."""
@@ -187,12 +244,30 @@ SCORERS: dict[str, Callable[[Sequence[Prediction]], Scores]] = {
     "open": open_answers,
     "open_llava_med": open_llava_med,
     "mcq": mcq,
+    "vqa": vqa,
     "relaxed": relaxed,
     "pope": pope,
     "hallusion": hallusion,
     "caption": captions,
     "mmvet_judge": mmvet_judge,
 }
+
+
+# Scorers of short answers, where a constant answer is a meaningful baseline (not captions).
+ANSWER_SCORERS = frozenset({"closed", "closed_llava_med", "open", "open_llava_med", "mcq", "vqa", "relaxed", "pope"})
+
+
+def _pooled_baseline(spec: BenchmarkSpec, metrics: Mapping[str, float]) -> dict[str, float]:
+    """Beside a pooled accuracy: always giving each task's most common answer (the groups'
+    baselines weighted by their counts), and the distinct answers summed over groups."""
+    heads = [f"{g.prefix}_" for g in spec.groups if g.scorer in ANSWER_SCORERS and f"{g.prefix}_n" in metrics]
+    n = sum(metrics[f"{h}n"] for h in heads)
+    if not n:
+        return {}
+    return {
+        "majority_baseline": sum(metrics[f"{h}majority_baseline"] * metrics[f"{h}n"] for h in heads) / n,
+        "distinct_predictions": sum(metrics[f"{h}distinct_predictions"] for h in heads),
+    }
 
 
 def score_records(spec: BenchmarkSpec, records: Sequence[Prediction]) -> Scores:
@@ -213,6 +288,8 @@ def score_records(spec: BenchmarkSpec, records: Sequence[Prediction]) -> Scores:
         scores = SCORERS[group.scorer](members)
         head = f"{group.prefix}_" if prefixed and group.prefix else ""
         metrics.update({head + k: float(v) for k, v in scores.metrics.items()})
+        if group.scorer in ANSWER_SCORERS:
+            metrics.update({head + k: v for k, v in answer_stats(members).items()})
         if head:
             metrics[f"{head}n"] = float(len(members))
         for key, values in scores.per_sample.items():
@@ -224,4 +301,5 @@ def score_records(spec: BenchmarkSpec, records: Sequence[Prediction]) -> Scores:
         hits = [per[i]["correct"] for i in ids if "correct" in per.get(i, {})]
         if hits:
             metrics["accuracy"] = sum(hits) / len(hits)
+        metrics.update(_pooled_baseline(spec, metrics))
     return Scores(dict(sorted(metrics.items())), per)

@@ -56,6 +56,7 @@ from dragonfly.metrics.vqa import (
     normalize_closed,
     token_f1,
     token_recall,
+    vqa_accuracy,
 )
 
 __all__ = [
@@ -89,4 +90,5 @@ __all__ = [
     "rouge_l",
     "token_f1",
     "token_recall",
+    "vqa_accuracy",
 ]

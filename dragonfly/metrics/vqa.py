@@ -58,6 +58,27 @@ def closed_accuracy(preds: Preds, refs: Refs) -> float:
     return hits / len(ids)
 
 
+VQA_ANNOTATORS = 10  # answers per question in VQA v2, which its accuracy formula is built on
+
+
+def vqa_accuracy(pred: str, refs: list[str] | tuple[str, ...]) -> float:
+    """VQA accuracy of one answer (0-1). With the ten human answers of VQA v2, the official
+    formula: min(1, matches / 3) averaged over the ten leave-one-annotator-out subsets.
+    With fewer references (one label, or a few accepted alternatives) they are alternatives,
+    and the score is exact match against any of them: min(1, m / 3) would cap a correct
+    single-reference answer at 1/3. Answers compare in their `normalize_closed` form, not
+    with the VQA evaluator's own answer processor (numbers as digits, contractions)."""
+    pred_n = normalize_closed(pred)
+    norm = [normalize_closed(r) for r in refs]
+    if len(norm) < VQA_ANNOTATORS:
+        return float(pred_n in norm)
+    total = 0.0
+    for left_out in range(len(norm)):
+        matches = sum(r == pred_n for k, r in enumerate(norm) if k != left_out)
+        total += min(1.0, matches / 3)
+    return total / len(norm)
+
+
 def _prf(pred: str, ref: str) -> tuple[float, float, float]:
     pred_tokens = normalize_answer(pred).split()
     ref_tokens = normalize_answer(ref).split()

@@ -41,7 +41,13 @@ class TinySpec:
     text_hidden: int = 64
     text_layers: int = 2
     text_heads: int = 2
-    vocab_size: int = 1024  # room for the corpus words whole, in both forms
+    # The most tokens the tiny tokenizer may have. BPE stops merging once every word of its
+    # corpus is one token, so a small corpus gives fewer; the model's vocabulary
+    # (text_config.vocab_size) is always exactly what the tokenizer has.
+    vocab_size: int = 1024
+    # Train the tokenizer on the first stage's training split too (plus the base word list),
+    # so a user's words are tokens rather than byte pieces.
+    tokenizer_from_data: bool = True
     max_positions: int = 2048
     # A pretrained tiny tower (written by `dragonfly pretrain-vision`) in the hub's vision-only
     # CLIP layout; None keeps the random tower (fast tests).

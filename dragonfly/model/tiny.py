@@ -7,6 +7,8 @@ selection, separators, chat template); only the widths, depths and tile size shr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import CLIPVisionConfig, LlamaConfig, PreTrainedTokenizerFast
 
@@ -166,10 +168,14 @@ _CORPUS_WORDS = [
 _CAPITALISED = ["there", "is", "are", "what", "which", "describe", "answer", "how", "the", "a", "an", "options"]
 
 
-def build_tokenizer(vocab_size: int = 1024, image_token: bool = True) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    vocab_size: int = 1024, image_token: bool = True, corpus: Sequence[str] = ()
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE offline, deterministically, and wrap it for transformers.
 
     ``image_token=False`` gives a plain Llama-3-style LLM tokenizer (as a hub LLM ships).
+    ``corpus``: more text to learn from (a training split's messages, one per item), after
+    the base word list; the most frequent words become tokens within ``vocab_size``.
     """
     specials = SPECIAL_TOKENS if image_token else [t for t in SPECIAL_TOKENS if t != IMAGE_TOKEN]
     tok = Tokenizer(models.BPE())
@@ -186,7 +192,10 @@ def build_tokenizer(vocab_size: int = 1024, image_token: bool = True) -> PreTrai
     # both begin with the byte "c" and a one-word answer is spread over three tokens.
     words = _CORPUS_WORDS + [w.capitalize() for w in _CAPITALISED]
     lines = [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)] + words
-    tok.train_from_iterator(lines * 4, trainer=trainer)
+    # The base list four times, so its words win merges over a user corpus's rare words.
+    # Each text bare and after a space, as the base words (an answer is a text's first word).
+    extra = [t for text in corpus if (t := text.replace(IMAGE_TOKEN, " ").strip())]
+    tok.train_from_iterator(lines * 4 + extra + [" " + t for t in extra], trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,

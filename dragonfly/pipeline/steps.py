@@ -85,11 +85,22 @@ def init_model(
     """Build the model of ``profile`` (a random tiny init, or the backbones) and save it with
     its processor to ``out``; returns the model's config and its parameter count."""
     from dragonfly.build import build_model
+    from dragonfly.train.data import split_texts
+    from dragonfly.train.deepspeed import unprobed
 
-    model, processor = build_model(load_settings(params, profile, overrides).profile.model)
+    settings = load_settings(params, profile, overrides)
+    # The same tokenizer the first stage builds: trained on that stage's training split too,
+    # when it is built (see `model.tiny.tokenizer_from_data`).
+    first = next((load_stage(settings.profile, n) for n in stage_names(settings.profile)), None)
+    corpus: list[str] = []
+    if first is not None and first.init_from == "init" and settings.profile.model.source == "tiny":
+        dataset = Path(settings.data.out_dir) / first.data.mixture / "dataset"
+        corpus = split_texts(dataset, first.data.split) if dataset.is_dir() else []
+    model, processor = build_model(settings.profile.model, corpus)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    with unprobed():  # save_pretrained would import DeepSpeed only to rule it out
+        model.save_pretrained(out)
     processor.save_pretrained(out)
     return model.config, sum(p.numel() for p in model.parameters())
 
@@ -180,6 +191,7 @@ def train(
     tracking: Tracking | None = None,
     force: bool = False,
     log=print,
+    progress: bool = True,
 ) -> Path:
     """Run one training stage of a profile; returns its ``final`` model directory.
 
@@ -188,6 +200,7 @@ def train(
     checkpoint (an error when it is of another configuration or other inputs); ``"auto"``
     (the flow and the ablations, single process) continues only from a checkpoint of this
     very fingerprint and otherwise starts afresh, moving other checkpoints aside.
+    ``progress``: a progress bar on a terminal (False: log lines only).
     """
     from dragonfly.train.trainer import train_stage
 
@@ -209,8 +222,14 @@ def train(
         resume=resume,
         tracker_factory=_tracker_factory(plan.settings.profile, tracking),
         fingerprint=fp,
+        progress=progress,
     )
     _loss_csv(out)
+    if log is not None and plan.stage.init_from == "init" and set(plan.stage.train) == {"projector"}:
+        log(
+            f"note: {stage} trained only the projector, in front of a freshly initialised LLM: "
+            "the model does not answer yet; the next stage (general2) trains the LLM"
+        )
     return final
 
 
@@ -465,7 +484,9 @@ def evaluation_fingerprint(
     if options.data is not None:
         samples = {"samples": _data_digest(Path(options.data))}
     else:
-        samples = {f"samples:{name}": file_digest(root / get_benchmark(name).default_path) for name in benchmarks}
+        paths = {name: get_benchmark(name).default_path for name in benchmarks}
+        # A generic benchmark has no default file: without --data it fails in `evaluate`.
+        samples = {f"samples:{name}": file_digest(root / path) for name, path in paths.items() if path}
     return fingerprint(settings, {"model": model_fingerprint(Path(model_dir)), **samples}, EVAL_CODE)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import Progress
 from transformers import CLIPImageProcessorPil, CLIPVisionModel, get_scheduler
 
@@ -39,6 +40,8 @@ from dragonfly.model.processing import TilingSpec, tile_grids, tile_image
 from dragonfly.model.specs import TinySpec
 from dragonfly.model.tiny import vision_config
 from dragonfly.train.config import BackbonePretrainConfig
+from dragonfly.train.deepspeed import unprobed
+from dragonfly.train.state import hf_bars
 
 
 def tile_dataset(
@@ -125,9 +128,11 @@ def pretrain(
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     generator = torch.Generator().manual_seed(cfg.seed)
     history = []
-    with Progress(disable=not progress) as bar:
+    # A redirected log gets no bar (rich would print its last frame there): a line every tenth instead.
+    lines = progress and not Console().is_terminal
+    with Progress(disable=not progress or lines) as bar:
         task = bar.add_task("vision pretrain", total=cfg.steps)
-        for _ in range(cfg.steps):
+        for step in range(cfg.steps):
             index = torch.cat(
                 [
                     glyph_tiles[torch.randint(len(glyph_tiles), (n_glyph,), generator=generator)],
@@ -146,6 +151,8 @@ def pretrain(
             schedule.step()
             history.append(loss.item())
             bar.update(task, advance=1, description=f"vision pretrain loss {loss.item():.3f}")
+            if lines and ((step + 1) % max(1, cfg.steps // 10) == 0 or step + 1 == cfg.steps):
+                print(f"vision pretrain step {step + 1}/{cfg.steps}  loss {loss.item():.3f}", flush=True)
     model.eval()
     metrics = {
         **accuracy(model, test),
@@ -159,7 +166,9 @@ def pretrain(
 def save_backbone(tower: CLIPVisionModel, out: Path, metrics: dict, config: dict) -> Path:
     """Write the tower as a vision-only CLIP checkpoint, in the layout the hub uses."""
     out.mkdir(parents=True, exist_ok=True)
-    tower.save_pretrained(out)
+    # save_pretrained would import DeepSpeed only to rule it out, and draw a bar for one shard.
+    with unprobed(), hf_bars(False):
+        tower.save_pretrained(out)
     size = tower.config.image_size
     CLIPImageProcessorPil(
         image_mean=list(CLIP_MEAN),

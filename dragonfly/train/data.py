@@ -14,6 +14,17 @@ from torch.utils.data import Dataset
 from dragonfly.model.constants import IGNORE_INDEX
 
 
+def split_texts(dataset_dir: str | Path, split: str) -> list[str]:
+    """Every message's text of a built split, in row order (empty when the split is not
+    there: the trainer reports that itself): the corpus a fresh tiny tokenizer learns from."""
+    from datasets import load_from_disk
+
+    splits = load_from_disk(str(dataset_dir))
+    if split not in splits:
+        return []
+    return [message["content"] for conversation in splits[split]["messages"] for message in conversation]
+
+
 class ConversationDataset(Dataset):
     """Rows of a mixture split (``images`` relative to ``root``, ``messages``), encoded."""
 

@@ -8,7 +8,10 @@ batch sizes, clipping and precision cannot drift apart from it.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+import sys
+from collections.abc import Iterator
 
 import torch
 
@@ -49,6 +52,29 @@ def make_accelerator(stage: StageConfig, use_deepspeed: bool | None = None):
     precision = "bf16" if (stage.precision == "bf16" and cuda) else "no"
     # Accumulation is done by the trainer (no_sync on all but the last micro-batch).
     return Accelerator(cpu=not cuda, mixed_precision=precision, deepspeed_plugin=plugin)
+
+
+@contextlib.contextmanager
+def unprobed() -> Iterator[None]:
+    """A block that handles no DeepSpeed engine runs without importing DeepSpeed.
+
+    accelerate's ``extract_model_from_parallel``, behind ``Accelerator.unwrap_model`` and
+    transformers' ``save_pretrained``, imports DeepSpeed whenever it is installed only to
+    test ``isinstance(model, DeepSpeedEngine)``: seconds, and a "Setting accelerator to CPU"
+    warning, in runs that never use it. Inside the block that probe says "not installed"; a
+    model in no DeepSpeed engine unwraps the same. Where DeepSpeed is loaded already (its
+    own runs) nothing changes."""
+    import accelerate.utils.other as other
+
+    probe = getattr(other, "is_deepspeed_available", None)
+    if probe is None or "deepspeed" in sys.modules:  # another accelerate layout (then only slower), or paid for
+        yield
+        return
+    other.is_deepspeed_available = lambda: False
+    try:
+        yield
+    finally:
+        other.is_deepspeed_available = probe
 
 
 def _env_world() -> int:

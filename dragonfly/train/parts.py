@@ -11,6 +11,7 @@ from dragonfly.build import build_model, make_processor
 from dragonfly.config import ConfigError, Profile, from_dict
 from dragonfly.inference import CheckpointError, load
 from dragonfly.train.config import StageConfig, stage_dir
+from dragonfly.train.data import split_texts
 
 NO_DECAY = ("bias", "norm", "separator", "embedding")
 
@@ -19,10 +20,14 @@ def part_modules(model) -> dict[str, torch.nn.Module]:
     return {"projector": model.projector, "vision": model.vision_tower, "llm": model.language_model}
 
 
-def start_model(profile: Profile, stage: StageConfig):
-    """(model, processor) a stage starts from: a fresh build or an earlier stage's output."""
+def start_model(profile: Profile, stage: StageConfig, dataset_dir: str | Path | None = None):
+    """(model, processor) a stage starts from: a fresh build or an earlier stage's output.
+    A fresh tiny model's tokenizer also learns the words of ``dataset_dir``'s training split
+    (``model.tiny.tokenizer_from_data``)."""
     if stage.init_from == "init":
         section = profile.model
+        tiny = section.source == "tiny" and section.tiny.tokenizer_from_data
+        corpus = split_texts(dataset_dir, stage.data.split) if tiny and dataset_dir is not None else ()
         if stage.layout:
             layout = from_dict(
                 type(section.layout),
@@ -30,7 +35,7 @@ def start_model(profile: Profile, stage: StageConfig):
                 f"stages.{stage.name}.layout.",
             )
             section = dataclasses.replace(section, layout=layout)
-        return build_model(section)
+        return build_model(section, corpus)
     source = Path(stage.init_from)
     if not source.exists():
         source = stage_dir(profile, stage.init_from) / "final"

@@ -51,6 +51,32 @@ def uses_deepspeed(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
+def unwrap(accelerator, model):
+    """The model inside the engine's wrappers. ``accelerator.unwrap_model`` imports DeepSpeed
+    whenever it is installed (to test for its engine class): seconds and a "Setting
+    accelerator to CPU" warning in every run that never uses it. So only a DeepSpeed run goes
+    through it; otherwise the wrappers are DDP's (``.module``) and torch.compile's
+    (``._orig_mod``), in either order."""
+    if uses_deepspeed(accelerator):
+        return accelerator.unwrap_model(model)
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    while True:
+        if isinstance(model, (DistributedDataParallel, DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def model_state_dict(accelerator, model) -> dict:
+    """The full model state dict; accelerate's ``get_state_dict`` unwraps as above (DeepSpeed's import)."""
+    if uses_deepspeed(accelerator):
+        return accelerator.get_state_dict(model)
+    return unwrap(accelerator, model).state_dict()
+
+
 def save(directory: Path, accelerator, model, optimizer, scheduler) -> dict[str, str]:
     """Write this rank's share of the state; every rank calls it (DeepSpeed's save is
     collective). Returns the SHA-256 of the files hashed as they were written."""
@@ -62,7 +88,7 @@ def save(directory: Path, accelerator, model, optimizer, scheduler) -> dict[str,
         model.save_checkpoint(str(directory / DEEPSPEED_DIR), tag=DEEPSPEED_TAG, save_latest=False)
     elif main:
         # save_model drops the duplicates of tied weights (safetensors refuses shared storage).
-        save_model(accelerator.unwrap_model(model), str(directory / MODEL))
+        save_model(unwrap(accelerator, model), str(directory / MODEL))
         hashes[OPTIMIZER] = _torch_save_hashed(optimizer.state_dict(), directory / OPTIMIZER)
     if main:
         hashes[SCHEDULER] = _write_json(directory / SCHEDULER, scheduler.state_dict())
@@ -93,7 +119,7 @@ def _load_plain(directory: Path, accelerator, model, optimizer) -> None:
         raise CheckpointError(
             f"{directory} has no {MODEL} (written by DeepSpeed?); resume it on the engine that wrote it"
         )
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = unwrap(accelerator, model)
     load_model(
         unwrapped,
         str(directory / MODEL),
@@ -193,3 +219,19 @@ def _torch_save_hashed(obj, path: Path) -> str:
         writer = _HashingWriter(fh)
         torch.save(obj, writer)
     return writer.digest.hexdigest()
+
+
+@contextlib.contextmanager
+def hf_bars(enabled: bool):
+    """transformers draws a bar of its own in ``save_pretrained`` ("Writing model shards"):
+    off when the stage shows none, so a log file stays free of bars."""
+    from transformers.utils import logging as hf_logging
+
+    switch = hf_logging.is_progress_bar_enabled() and not enabled
+    if switch:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if switch:
+            hf_logging.enable_progress_bar()

@@ -26,8 +26,9 @@ from dragonfly.fingerprint import record as record_fingerprint
 from dragonfly.model.constants import IGNORE_INDEX
 from dragonfly.train import checkpoint, state
 from dragonfly.train.config import StageConfig, stage_dir
+from dragonfly.train.console import StageReport, interactive
 from dragonfly.train.data import Collator, ConversationDataset, StepBatches
-from dragonfly.train.deepspeed import make_accelerator
+from dragonfly.train.deepspeed import make_accelerator, unprobed
 from dragonfly.train.parts import param_groups, set_trainable, start_model
 
 
@@ -102,18 +103,22 @@ def train_stage(
     resume: bool = False,
     tracker_factory=None,
     fingerprint: str | None = None,
+    progress: bool = True,
 ) -> Path:
     """Run one stage; returns the directory of its saved model (``<out>/final``). Rank 0
-    records ``fingerprint`` beside it last, so only a finished stage is ever skipped."""
+    records ``fingerprint`` beside it last, so only a finished stage is ever skipped.
+    ``progress``: a progress bar when the output is a terminal (never in a redirected log);
+    False: plain log lines only, on a terminal too."""
     began = time.perf_counter()
     out = Path(out_dir) if out_dir else stage_dir(profile, stage.name)
     ckpt_root = out / "checkpoints"
     accelerator = make_accelerator(stage)
     main = accelerator.is_main_process
-    console = Console(quiet=not main)
+    # soft_wrap: a redirected log keeps long lines whole instead of rich's 80-column wrapping.
+    console = Console(quiet=not main, soft_wrap=True)
     torch.manual_seed(stage.seed)
 
-    model, processor = start_model(profile, stage)
+    model, processor = start_model(profile, stage, dataset_dir)
     trainable = set_trainable(model, stage.train)
     if stage.gradient_checkpointing:
         model.language_model.activation_checkpointing_enable()
@@ -217,7 +222,7 @@ def train_stage(
     # Whether the current weights came out of a step of THIS run that had a finite loss and
     # gradient norm: only such a state may be saved as "the last good state" on a NaN.
     stepped_finitely = False
-    progress = _progress(console, main, total, start_step, stage.name)
+    report = StageReport(stage.name, total, start_step, main, bar=progress and interactive())
     for batch in loader:
         if step == start_step and micro == 0 and start_step == 0:
             console.print(
@@ -254,21 +259,22 @@ def train_stage(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step, micro = step + 1, 0
-        progress.update(1)
+        report.advance()
         if step % stage.log_every == 0 or step == total:
             record = window.flush(accelerator, step, scheduler.get_last_lr()[0], grad_norm)
+            report.record(record)
             if main:
                 append_jsonl(metrics_path, record)
                 if tracker is not None:
                     tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
         if step % stage.save_every == 0 or step == total:
             save(step)
-    progress.close()
+    report.close()
     final = out / "final"
     if main:
-        unwrapped = accelerator.unwrap_model(model)
-        with atomic_dir(final) as tmp:
-            unwrapped.save_pretrained(tmp, state_dict=accelerator.get_state_dict(model))
+        # unprobed: save_pretrained unwraps through accelerate, which imports DeepSpeed (a no-op in DeepSpeed runs).
+        with atomic_dir(final) as tmp, state.hf_bars(report.bar is not None), unprobed():
+            state.unwrap(accelerator, model).save_pretrained(tmp, state_dict=state.model_state_dict(accelerator, model))
             processor.save_pretrained(tmp)
         if fingerprint is not None:
             record_fingerprint(out, fingerprint, final, stage=stage.name, seconds=round(time.perf_counter() - began, 3))
@@ -363,9 +369,3 @@ class _Window:
         }
         self.reset()
         return record
-
-
-def _progress(console: Console, enabled: bool, total: int, start: int, name: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc=f"train {name}", disable=not enabled, unit="step")

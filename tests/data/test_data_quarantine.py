@@ -68,7 +68,7 @@ def mixture(threshold: float) -> MixtureConfig:
     return MixtureConfig(
         name="bad",
         sources=(
-            SourceSpec("llava", "llava", "src/llava.json", options={"image_folder": "src/images"}),
+            SourceSpec("llava", "llava", "src/llava.json", options={"image_folder": "src/images", "split": "train"}),
             SourceSpec("n", "dragonfly_jsonl", "src/native.jsonl"),
         ),
         reject_threshold=threshold,

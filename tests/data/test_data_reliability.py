@@ -73,9 +73,9 @@ def user_layout(tmp_path: Path, files, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 LAYOUTS = [
-    ({}, "mine/img"),
-    ({"image_folder": "images"}, "mine/images/img"),
-    ({"image_folder": "shared/pics"}, "shared/pics/img"),
+    ({"split": "train"}, "mine/img"),
+    ({"image_folder": "images", "split": "train"}, "mine/images/img"),
+    ({"image_folder": "shared/pics", "split": "train"}, "shared/pics/img"),
 ]
 
 
@@ -87,7 +87,9 @@ def test_llava_relative_layouts_convert(user_layout: Path, options: dict, stored
 
 
 def test_llava_absolute_and_missing_image_folder(user_layout: Path) -> None:
-    absolute = convert("llava", Path("data/mine/llava.json"), Path("data"), image_folder=user_layout / "elsewhere")
+    absolute = convert(
+        "llava", Path("data/mine/llava.json"), Path("data"), split="train", image_folder=user_layout / "elsewhere"
+    )
     assert (Path("data") / absolute.samples[0].images[0]).resolve() == (user_layout / "elsewhere/img0.png")
     with pytest.raises(ConverterError, match=r"data/mine/nowhere.*data/nowhere") as info:
         convert("llava", Path("data/mine/llava.json"), Path("data"), image_folder="nowhere")
@@ -97,7 +99,7 @@ def test_llava_absolute_and_missing_image_folder(user_layout: Path) -> None:
 @pytest.mark.parametrize(("options", "stored"), [*LAYOUTS, ({"image_folder": "ABS"}, "")])
 def test_llava_relative_layouts_build(user_layout: Path, options: dict, stored: str) -> None:
     if options.get("image_folder") == "ABS":
-        options = {"image_folder": str(user_layout / "elsewhere")}
+        options = {"image_folder": str(user_layout / "elsewhere"), "split": "train"}
     mix = MixtureConfig(
         "mine",
         (SourceSpec("mine", "llava", "mine/llava.json", options=options),),
@@ -110,13 +112,17 @@ def test_llava_relative_layouts_build(user_layout: Path, options: dict, stored: 
 
 def test_convert_cli_warns_about_missing_images(user_layout: Path) -> None:
     Path("data/mine/img1.png").unlink()
-    some = runner.invoke(app, ["convert", "llava", "data/mine/llava.json", "--out", "out.jsonl", "--root", "data"])
+    some = runner.invoke(
+        app,
+        ["convert", "llava", "data/mine/llava.json", "--out", "out.jsonl", "--root", "data",
+         "--option", "split=train", "--missing-threshold", "0.5"],
+    )  # fmt: skip
     assert some.exit_code == 0, some.output
     assert "1 of 3 images not found" in some.output and "mine/img1.png" in some.output
     none = runner.invoke(
         app,
         ["convert", "llava", "data/mine/llava.json", "--out", "out.jsonl", "--root", "data",
-         "--option", "image_folder=shared"],
+         "--option", "image_folder=shared", "--option", "split=train"],
     )  # fmt: skip
     assert none.exit_code == 1 and "3 of 3 images not found" in none.output
 
@@ -138,8 +144,10 @@ def two_sources(small_threshold: float | None = None) -> MixtureConfig:
     return MixtureConfig(
         "two",
         (
-            SourceSpec("big", "llava", "big/llava.json"),
-            SourceSpec("small", "llava", "small/llava.json", reject_threshold=small_threshold),
+            SourceSpec("big", "llava", "big/llava.json", options={"split": "train"}),
+            SourceSpec(
+                "small", "llava", "small/llava.json", reject_threshold=small_threshold, options={"split": "train"}
+            ),
         ),
     )
 
@@ -216,7 +224,7 @@ def test_decompression_bomb_is_quarantined_not_raised(tmp_path: Path, files) -> 
     )
     limit_before = Image.MAX_IMAGE_PIXELS
     mix = MixtureConfig(
-        "bombs", (SourceSpec("s", "llava", "src/llava.json"),), reject_threshold=0.5,
+        "bombs", (SourceSpec("s", "llava", "src/llava.json", options={"split": "train"}),), reject_threshold=0.5,
         max_image_pixels=5000,
     )  # fmt: skip
     result = build_mixture(mix, tmp_path, tmp_path / "out")
@@ -273,6 +281,7 @@ def test_convert_then_validate_keeps_both_quarantines(tmp_path: Path, files, mon
     rows = llava_rows(["good.png", "tiny.png"]) + [{"id": "broken", "conversations": "nope"}]
     files.json(Path("data/src/llava.json"), rows)
     args = ["convert", "llava", "data/src/llava.json", "--out", "data/out.jsonl", "--root", "data"]
+    args += ["--option", "split=train"]
     assert runner.invoke(app, args).exit_code == 0
     checked = runner.invoke(app, ["validate", "data/out.jsonl", "--root", "data"])
     assert checked.exit_code == 0, checked.output
@@ -327,8 +336,9 @@ def test_cli_build_reports_failed_source(small_broken_source: Path) -> None:
     root = small_broken_source
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump({"data": {"root": str(root), "out_dir": str(root / "mixtures"), "mixtures": {
-        "two": {"sources": [{"name": "big", "format": "llava", "path": "big/llava.json"},
-                            {"name": "small", "format": "llava", "path": "small/llava.json"}]}}}}))  # fmt: skip
+        "two": {"sources": [{"name": "big", "format": "llava", "path": "big/llava.json", "options": {"split": "train"}},
+                            {"name": "small", "format": "llava", "path": "small/llava.json",
+                             "options": {"split": "train"}}]}}}}))  # fmt: skip
     result = runner.invoke(app, ["build", "--params", str(params), "--mixture", "two"])
     assert result.exit_code == 1 and "source 'small'" in result.output
     assert json.loads((root / "mixtures/two/manifest.json").read_text())["status"] == "failed"

@@ -38,7 +38,9 @@ def test_llava_conversations(tmp_path: Path, files) -> None:
         ["not", "a", "record"],
     ]  # fmt: skip
     path = files.json(root / "llava/blip_laion_cc_sbu_558k.json", records)
-    out = convert("llava", path, root, source="llava_pretrain", task="caption", image_folder="llava/images")
+    out = convert(
+        "llava", path, root, source="llava_pretrain", split="train", task="caption", image_folder="llava/images"
+    )
     s = by_id(out)
     a = s["llava_pretrain:000012"]
     assert (a.task, a.split, a.images) == ("caption", "train", ("llava/images/00001/000012.jpg",))

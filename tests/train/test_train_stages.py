@@ -5,13 +5,12 @@ import json
 import pytest
 import torch
 
-from dragonfly.build import build_model
 from dragonfly.config import ConfigError, load_profile
 from dragonfly.inference import load
 from dragonfly.pipeline import train
 from dragonfly.train import checkpoint
 from dragonfly.train.config import load_stage
-from dragonfly.train.parts import part_modules, unreachable_vision_params
+from dragonfly.train.parts import part_modules, start_model, unreachable_vision_params
 from dragonfly.train.trainer import TrainingError
 
 SMALL = ["max_steps=2", "global_batch=4", "micro_batch=2", "save_every=100"]
@@ -40,9 +39,11 @@ def chain(workspace):
     return params, finals
 
 
-def test_general1_changes_only_the_projector(chain):
+def test_general1_changes_only_the_projector(chain, workspace):
     params, finals = chain
-    start, _ = build_model(load_profile("tiny", params).model)
+    profile = load_profile("tiny", params)
+    # The same fresh build general1 starts from (its tokenizer learns general1's data too).
+    start, _ = start_model(profile, load_stage(profile, "general1"), workspace / "data/mixtures/tiny_general/dataset")
     after, _ = load(finals["general1"])
     changed = _changed(start, after)
     assert changed["projector"] == _names(after, "projector")

@@ -3,14 +3,20 @@
 Every converter is `convert(path, root, **options) -> Converted`: `path` is the dataset
 file or folder, `root` the data root that stored image paths are relative to (images
 embedded in parquet files are written under `root/images/<source>/`).
+
+Each converter's module describes itself for `dragonfly data formats`: its docstring's
+first paragraph says what it reads, `OPTIONS` what each option means and `SPLIT` how a
+sample's split is decided; the defaults come from the signature.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from dragonfly.config import ConfigError
@@ -52,6 +58,55 @@ class UnknownFormatError(DragonflyError, KeyError):
         return str(self.args[0])
 
 
+@dataclass(frozen=True)
+class OptionInfo:
+    """One converter option: its name, default (None when the converter works it out) and meaning."""
+
+    name: str
+    default: Any
+    help: str
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise UnknownFormatError(
+            f"unknown data format {fmt!r}{close_match(fmt, FORMATS)}; known: {', '.join(sorted(FORMATS))}"
+        )
+
+
+def _module(fmt: str) -> ModuleType:
+    converter = FORMATS[fmt]
+    module = inspect.getmodule(converter.func if isinstance(converter, partial) else converter)
+    assert module is not None, fmt
+    return module
+
+
+def summary(fmt: str) -> str:
+    """What `fmt` reads: the module's `SUMMARIES[fmt]` when one module serves several
+    formats, else the first paragraph of its docstring, on one line."""
+    _check_format(fmt)
+    module = _module(fmt)
+    if fmt in getattr(module, "SUMMARIES", {}):
+        return module.SUMMARIES[fmt]
+    doc = inspect.getdoc(module) or ""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def split_rule(fmt: str) -> str:
+    """How `fmt`'s converter decides each sample's split (its module's `SPLIT`)."""
+    _check_format(fmt)
+    return getattr(_module(fmt), "SPLIT", "")
+
+
+def describe(fmt: str) -> list[OptionInfo]:
+    """`fmt`'s options in signature order, with defaults and the help of its module's
+    `OPTIONS` ('' for an option it does not describe, which a test forbids)."""
+    _check_format(fmt)
+    helps: dict[str, str] = getattr(_module(fmt), "OPTIONS", {})
+    params = inspect.signature(FORMATS[fmt]).parameters
+    return [OptionInfo(name, params[name].default, helps.get(name, "")) for name in converter_options(fmt)]
+
+
 def converter_options(fmt: str) -> list[str]:
     """The options `fmt`'s converter takes (its keyword parameters after path and root,
     without those the format name fixes, like lmms_lab's `benchmark`)."""
@@ -67,16 +122,14 @@ def _check_options(fmt: str, options: dict[str, Any]) -> None:
         if key not in accepted:
             raise ConfigError(
                 f"format {fmt!r} has no option {key!r}{close_match(key, accepted)}; "
-                f"it takes: {', '.join(accepted) or 'none'}"
+                f"it takes: {', '.join(accepted) or 'none'}",
+                hint=f"what each option means: dragonfly data formats {fmt}",
             )
 
 
 def convert(fmt: str, path: Path, root: Path, **options: Any) -> Converted:
     """Run `fmt`'s converter; its rejections are marked as found at the convert stage."""
-    if fmt not in FORMATS:
-        raise UnknownFormatError(
-            f"unknown data format {fmt!r}{close_match(fmt, FORMATS)}; known: {', '.join(sorted(FORMATS))}"
-        )
+    _check_format(fmt)
     _check_options(fmt, options)
     if not Path(path).exists():  # one message for every converter, before any of them runs
         error = ConverterError(path, f"the {fmt} source here, but nothing exists at this path")

@@ -106,6 +106,15 @@ def normalise_split(name: str, file: str | Path = "") -> str:
     return split
 
 
+def split_in_name(path: Path) -> str | None:
+    """The split a file name says with its first word, or None when it says none:
+    'train.json', 'test_questions.jsonl', 'val2017.json', 'dev-set.json' (digits right
+    after the word are a year or version). Only the name: a folder called 'dev' or 'test'
+    is as often a workspace as a split, and a wrong guess would be silent."""
+    head = re.split(r"[-_.\s]", path.name)[0]
+    return _SPLIT_ALIASES.get(re.sub(r"\d+$", "", head).lower())
+
+
 def split_from_filename(path: Path) -> str:
     """HF hub parquet shards are named '<split>-00000-of-00001-<hash>.parquet'."""
     stem = path.name.split(".")[0]

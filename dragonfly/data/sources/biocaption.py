@@ -29,6 +29,12 @@ PROMPTS = {
     "caption": "Describe the image in one sentence.",
     "report": "Write the findings and impression of the radiology report for this study.",
 }
+OPTIONS = {
+    "source": "source name stored in every sample and its id prefix",
+    "task": "'report' or 'caption' (default: report when the source name contains 'iu', else caption)",
+    "images_dir": "image folder inside the dataset folder (default: <name>_images for bioCaption, images for R2Gen)",
+}
+SPLIT = "from the data: train_images.tsv/val_images.tsv/test_images.tsv, or the train/val/test keys of annotation.json"
 TSV_SPLITS = {
     "train_images.tsv": "train",
     "val_images.tsv": "validation",

@@ -13,6 +13,11 @@ from dragonfly.data.quarantine import Converted, ConverterError, Rejection
 from dragonfly.data.schema import qa_sample
 from dragonfly.data.sources._common import normalise_split, read_json, rel_to_root
 
+OPTIONS = {
+    "source": "source name stored in every sample and its id prefix",
+    "images_dir": "image folder, under the data root when relative (default: ../<split><year> beside annotations/)",
+}
+SPLIT = "from the file name: captions_<split><year>.json (train, val or test)"
 PROMPT = "Provide a one-sentence caption for the provided image."
 
 

@@ -3,6 +3,10 @@
 Each record is {"id", "image" (str, list of str, or absent for text-only),
 "conversations": [{"from": "human"|"gpt"|"system", "value": ...}, ...]}; image paths are
 relative to an image folder (by default the JSON file's own folder).
+
+The split is never assumed: the `split` option, else the file name's first word
+(`train*.json`, `test*`, `val*`/`dev*`), else a ConverterError asking for the option, so
+a test file converted without `split=test` cannot silently become training data.
 """
 
 from __future__ import annotations
@@ -19,6 +23,20 @@ from dragonfly.data.sources._common import (
     read_json,
     read_lines,
     rel_to_root,
+    split_in_name,
+)
+
+OPTIONS = {
+    "source": "source name stored in every sample and its id prefix",
+    "split": "train, validation or test (default: from the file name, see below)",
+    "task": "task of samples with images, e.g. 'caption' for LLaVA-Pretrain (default: vqa_open)",
+    "image_folder": "where the records' image paths start: a folder beside the JSON file or under the data root, "
+    "or absolute (default: the JSON file's folder)",
+}
+SPLIT = (
+    "the `split` option; else the file name's first word: train*.json(l) -> train, val*/dev* -> validation, "
+    "test* -> test (e.g. train.json, test_questions.json, val2017.json; folder names are not read); "
+    "else an error asking for --option split=train|validation|test"
 )
 
 _ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -62,20 +80,33 @@ def _image_folder(path: Path, root: Path, image_folder: str | Path | None) -> Pa
     )
 
 
+def _split(path: Path, split: str | None) -> str:
+    if split:
+        return normalise_split(split, path)
+    named = split_in_name(path)
+    if named is None:
+        error = ConverterError(
+            path, "a file name that says the split (train*, val*/dev*, test*), or --option split=train|validation|test"
+        )
+        error.hint = "in a mixture, give the source `options: {split: train}` (or validation, test)"
+        raise error
+    return named
+
+
 def convert(
     path: Path,
     root: Path,
     source: str = "llava",
-    split: str = "train",
+    split: str | None = None,
     task: str | None = None,
     image_folder: str | Path | None = None,
 ) -> Converted:
-    """`task` labels image samples (e.g. 'caption' for LLaVA-Pretrain); default 'vqa_open'.
-    `image_folder`: see `_image_folder`."""
-    split = normalise_split(split, path)
+    """Options: see `OPTIONS`; `image_folder` is resolved by `_image_folder`."""
     folder = _image_folder(path, root, image_folder)
+    records = _records(path)  # a file that is not LLaVA JSON says so before the split is asked for
+    split = _split(path, split)
     out = Converted()
-    for row, rec in enumerate(_records(path)):
+    for row, rec in enumerate(records):
         rid = f"{source}:{rec.get('id', f'row{row}')}" if isinstance(rec, dict) else f"{source}:row{row}"
         if not isinstance(rec, dict) or not isinstance(rec.get("conversations"), list):
             out.rejections.append(malformed(source, rid, path, row, 'a record with a "conversations" list'))

@@ -39,6 +39,22 @@ from dragonfly.data.sources._common import (
     yes_no,
 )
 
+OPTIONS = {
+    "source": "source name stored in every sample (default: the benchmark name)",
+    "split": "override the split read from the shard names (HallusionBench's 'image' split needs split=test)",
+}
+SPLIT = "from each shard's name, <split>-0000N-of-0000M*.parquet, unless the `split` option overrides it"
+# One line per format for `dragonfly data formats` (the module docstring covers all seven).
+SUMMARIES = {
+    "ai2d": "AI2D (lmms-lab/ai2d parquet): science diagrams, multiple choice.",
+    "scienceqa": "ScienceQA-IMG (lmms-lab/ScienceQA parquet): multiple choice with a hint.",
+    "chartqa": "ChartQA (lmms-lab/ChartQA parquet): short answers about charts.",
+    "mmmu": "MMMU (lmms-lab/MMMU parquet): multiple choice and open questions, up to 7 images.",
+    "mmvet": "MM-Vet (lmms-lab/MMVet parquet): open answers, graded by capability.",
+    "pope": "POPE (lmms-lab/POPE parquet): yes/no object hallucination questions.",
+    "hallusion_bench": "HallusionBench (lmms-lab/HallusionBench parquet): yes/no, some without a figure.",
+}
+
 
 @dataclass
 class Parsed:

@@ -21,6 +21,9 @@ from dragonfly.data.sources._common import (
     store_image_bytes,
 )
 
+OPTIONS = {"source": "source name stored in every sample and its id prefix"}
+SPLIT = "from each shard's name: data/<split>-0000N-of-0000M-<hash>.parquet"
+
 
 def convert(path: Path, root: Path, source: str) -> Converted:
     out = Converted()

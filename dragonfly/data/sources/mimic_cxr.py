@@ -18,6 +18,13 @@ from dragonfly.data.quarantine import Converted, ConverterError, Rejection
 from dragonfly.data.schema import qa_sample
 from dragonfly.data.sources._common import normalise_split, read_csv, rel_to_root
 
+OPTIONS = {
+    "source": "source name stored in every sample and its id prefix",
+    "reports_dir": "folder holding the reports' files/ tree, under the data root when relative "
+    "(default: the dataset folder)",
+    "max_images": "images per study, frontal views first when the metadata CSV is present",
+}
+SPLIT = "per study, from the split column of mimic-cxr-2.0.0-split.csv (train, validate, test)"
 PROMPT = "Write the findings section of the radiology report for this chest X-ray."
 FRONTAL = ("PA", "AP")
 # A section header is an upper-case phrase at the start of a line followed by a colon

@@ -10,6 +10,9 @@ from dragonfly.data.quarantine import Converted, ConverterError
 from dragonfly.data.schema import Sample
 from dragonfly.data.sources._common import malformed, read_lines
 
+OPTIONS = {"source": "replace every record's source name (default: keep each record's own)"}
+SPLIT = "per row: each record's own split field"
+
 
 def convert(path: Path, root: Path, source: str | None = None) -> Converted:
     if not path.is_file():

@@ -7,6 +7,9 @@ from pathlib import Path
 from dragonfly.data.quarantine import Converted
 from dragonfly.data.sources import medvqa_parquet
 
+OPTIONS = medvqa_parquet.OPTIONS
+SPLIT = medvqa_parquet.SPLIT
+
 
 def convert(path: Path, root: Path, source: str = "pathvqa") -> Converted:
     return medvqa_parquet.convert(path, root, source)

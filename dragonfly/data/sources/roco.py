@@ -15,6 +15,11 @@ from dragonfly.data.quarantine import Converted, ConverterError
 from dragonfly.data.schema import qa_sample
 from dragonfly.data.sources._common import malformed, normalise_split, read_csv, rel_to_root
 
+OPTIONS = {
+    "source": "source name stored in every sample and its id prefix",
+    "images_dir": "image folder beside each CSV (default: radiology/images or images, whichever exists)",
+}
+SPLIT = "from the file name: radiology{train,val,test}data.csv"
 PROMPT = "Describe the radiology image in one sentence."
 COLUMNS = ("id", "name", "caption")
 _NAME = re.compile(r"radiology(train|val|validation|test)data\.csv$", re.IGNORECASE)

@@ -24,6 +24,11 @@ from dragonfly.data.sources._common import (
     yes_no,
 )
 
+OPTIONS = {
+    "source": "source name stored in every sample and its id prefix",
+    "images_dir": "image folder beside the JSON files",
+}
+SPLIT = "from the file: train.json, validate.json, test.json (one other file: its name must be a split name)"
 FILES = {"train.json": "train", "validate.json": "validation", "test.json": "test"}
 REQUIRED = ("img_name", "question", "answer", "q_lang", "answer_type", "qid")
 META_KEYS = ("img_id", "content_type", "base_type", "location", "modality", "answer_type")

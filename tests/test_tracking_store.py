@@ -1,0 +1,66 @@
+"""One MLflow store per working tree: ``mlflow.db`` and ``mlruns/`` at the project root (the first
+folder up from the cwd holding ``params.yaml`` or ``.git``), whichever subfolder a command runs from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dragonfly.config import DEFAULT_PARAMS
+from dragonfly.tracking import PARAMS, Tracking, artifact_location, project_root, tracking_from_env, tracking_uri
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project (params.yaml at its root) and a shell in one of its subfolders, with no MLFLOW_TRACKING_URI."""
+    root = tmp_path / "project"
+    (root / "runs" / "tiny").mkdir(parents=True)
+    (root / "params.yaml").write_text("profiles: {}\n")
+    monkeypatch.chdir(root / "runs" / "tiny")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return root
+
+
+def test_a_tracked_run_from_a_subfolder_writes_the_store_at_the_root(project):
+    tracking = tracking_from_env({})
+    assert tracking is not None and tracking.uri == f"sqlite:///{project / 'mlflow.db'}"
+    assert tracking_uri() == tracking.uri == Tracking().uri  # what the registry and the eval CLI use
+    (here := project / "runs" / "tiny" / "metrics.jsonl").write_text("{}\n")
+    tracker = tracking.tracker("dragonfly-tiny", "general1")
+    tracker.log_metrics({"loss": 1.0}, 1)
+    tracker.log_artifacts("metrics.jsonl")  # relative, as a user's path is
+    tracker.finish()
+
+    assert (project / "mlflow.db").is_file() and (project / "mlruns").is_dir()
+    assert list((project / "mlruns").rglob("metrics.jsonl"))
+    assert sorted(p.name for p in here.parent.iterdir()) == ["metrics.jsonl"]  # no mlflow.db, no mlruns/
+    run = tracker.client.get_run(tracker.run_id)
+    assert run.info.artifact_uri.startswith((project / "mlruns").as_uri())
+
+
+def test_the_root_is_the_nearest_params_or_git_else_the_cwd(tmp_path, monkeypatch):
+    assert Path(PARAMS) == DEFAULT_PARAMS  # the same file dragonfly.config reads
+    (tmp_path / "repo" / ".git").mkdir(parents=True)
+    (tmp_path / "repo" / "ablation" / "docs").mkdir(parents=True)
+    (tmp_path / "repo" / "ablation" / "params.yaml").write_text("")
+    assert project_root(tmp_path / "repo" / "ablation" / "docs") == tmp_path / "repo" / "ablation"
+    assert project_root(tmp_path / "repo" / "ablation") == tmp_path / "repo" / "ablation"
+    (tmp_path / "repo" / "src").mkdir()
+    assert project_root(tmp_path / "repo" / "src") == tmp_path / "repo"
+    monkeypatch.chdir(tmp_path / "repo" / "src")
+    assert project_root() == tmp_path / "repo"
+    (tmp_path / "loose").mkdir()
+    if not any((p / "params.yaml").is_file() or (p / ".git").exists() for p in tmp_path.parents):
+        assert project_root(tmp_path / "loose") == tmp_path / "loose"  # no project: the folder itself
+
+
+def test_mlflow_tracking_uri_still_wins_and_its_artifacts_sit_beside_it(project, tmp_path, monkeypatch):
+    store = tmp_path / "elsewhere" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    assert tracking_uri() == f"sqlite:///{store}"
+    assert tracking_from_env({"MLFLOW_TRACKING_URI": "http://mlflow:5000"}).uri == "http://mlflow:5000"
+    assert tracking_from_env({"DRAGONFLY_TRACKING": "0"}) is None
+    assert artifact_location(f"sqlite:///{store}") == (store.parent / "mlruns").as_uri()
+    assert artifact_location("sqlite:///local.db") == (project / "runs" / "tiny" / "mlruns").as_uri()  # relative: cwd
+    assert artifact_location("http://mlflow:5000") is None and artifact_location("sqlite:///:memory:") is None

@@ -21,7 +21,7 @@ from dragonfly.model.tiny import build_tokenizer, text_config, vision_config
 from dragonfly.weights import DUAL_ENCODER_UNUSED, load_strict
 
 
-def _dragonfly_config(vision_cfg, text_cfg, image_token_id: int, layout: Layout) -> DragonflyConfig:
+def dragonfly_config(vision_cfg, text_cfg, image_token_id: int, layout: Layout) -> DragonflyConfig:
     try:
         return DragonflyConfig(
             vision_config=vision_cfg, text_config=text_cfg, image_token_id=image_token_id, **asdict(layout)
@@ -66,7 +66,7 @@ def build_tiny(spec: TinySpec | None = None, layout: Layout | None = None, seed:
                 f"{spec.vision_from} has tile/patch {vision_cfg.image_size}/{vision_cfg.patch_size}, "
                 f"the profile asks for {spec.tile_size}/{spec.patch_size}"
             )
-    config = _dragonfly_config(
+    config = dragonfly_config(
         vision_cfg, text_config(spec, tokenizer), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), layout
     )
     torch.manual_seed(seed)
@@ -103,7 +103,7 @@ def build_from_backbones(vision: str, llm: str, layout: Layout | None = None, dt
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     language_model = load_strict(AutoModelForCausalLM, llm, dtype=torch_dtype)
-    config = _dragonfly_config(vision_cfg, language_model.config, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), layout)
+    config = dragonfly_config(vision_cfg, language_model.config, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), layout)
     torch.manual_seed(seed)
     model = DragonflyForConditionalGeneration(config, vision_tower=tower, language_model=language_model)
     model.projector.to(torch_dtype)

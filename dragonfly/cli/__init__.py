@@ -197,9 +197,23 @@ def train(
         "loss lines are printed either way.",
     ),
     override: list[str] = SetOption,
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Train nothing, load no weights: parameters, positions per sample, padding, FLOPs, "
+        "memory per GPU and time of the stage on --gpus H100s.",
+    ),
+    gpus: int = typer.Option(8, min=1, help="GPUs the dry run plans for (nodes × GPUs per node)."),
+    mfu: float = typer.Option(0.4, min=0.01, max=1.0, help="Model FLOPs utilisation the dry run assumes."),
     overrides: list[str] = typer.Argument(None, help="Stage overrides key=value, e.g. lr=1e-4 max_steps=5."),
 ):
     """Train one stage; writes checkpoints and a save_pretrained model to <out>/final."""
+    if dry_run:
+        from dragonfly.pipeline.dryrun import dry_run as plan
+        from dragonfly.pipeline.dryrun import render
+
+        console.print(render(plan(stage, profile, params, overrides or [], override, gpus, mfu)))
+        return
     from dragonfly.pipeline import train as run
     from dragonfly.tracking import tracking_from_env
 

@@ -1,8 +1,9 @@
-"""`dragonfly data ...`: convert, validate, build, synth, stats."""
+"""`dragonfly data ...`: convert, validate, build, plan, synth, stats."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +36,13 @@ console = Console(soft_wrap=True)  # a redirected log keeps paths on one line
 
 ParamsOpt = Annotated[Path | None, typer.Option(help="params file with a `data:` section [default: ./params.yaml]")]
 RootOpt = Annotated[Path | None, typer.Option(help="data root (default: from params, else ./data)")]
+DropOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="MIXTURE.SOURCE to build without, repeatable; the same as listing it under data.drop in params "
+        "(which `dragonfly train` also reads: --set 'data.drop=[MIXTURE.SOURCE]')"
+    ),
+]
 
 
 def _config(params: Path | None) -> DataConfig:
@@ -223,9 +231,10 @@ def build_cmd(
     root: RootOpt = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default out_dir/<mixture>)")] = None,
     seed: Annotated[int | None, typer.Option(help="override the mixture's seed")] = None,
+    drop: DropOpt = None,
 ) -> None:
     """Build a named mixture into an Arrow dataset with stats and quarantine."""
-    cfg = _config(params)
+    cfg = load_data_config(params or PARAMS_FILE, drop=drop)
     mix = cfg.mixture(mixture)
     if seed is not None:
         mix = type(mix)(**{**mix.__dict__, "seed": seed})
@@ -239,6 +248,41 @@ def build_cmd(
         raise typer.Exit(1) from None
     console.print(stats_table(result.stats))
     console.print(f"dataset -> {result.dataset_dir}; stats -> {result.stats_path}")
+
+
+@app.command("plan")
+def plan_cmd(
+    profile: Annotated[str, typer.Option(help="profile whose stages' mixtures to check")] = "paper",
+    params: ParamsOpt = None,
+    root: RootOpt = None,
+    drop: DropOpt = None,
+) -> None:
+    """For every mixture PROFILE's stages train on: the source files present under the data
+    root, the missing ones (what the converter reads, where the dataset is published, the
+    paper's count), and the command that builds it. Downloads nothing. Exit 1 when a source
+    is missing, one error line each, unless it is dropped (--drop, or data.drop in params)."""
+    from dragonfly.config import load_profile
+    from dragonfly.data.plan import errors, plan, render
+    from dragonfly.train.config import load_stage, stage_names
+
+    params_file = params or PARAMS_FILE
+    cfg = load_data_config(params_file, drop=drop)
+    prof = load_profile(profile, params_file)
+    stages = {name: load_stage(prof, name).data.mixture for name in stage_names(prof)}
+    data_root = root or Path(cfg.root)
+    plans = plan(stages, cfg, data_root)
+    for line in render(plans, str(data_root), drop or []):
+        console.print(escape(line), highlight=False)
+    missing = errors(plans, str(data_root))
+    for line in missing:
+        print(f"error: {line}", file=sys.stderr)
+    if missing:
+        print(
+            "hint: fetch them (docs/paper-data.md has the layout), or build without one: --drop MIXTURE.SOURCE here "
+            "and in `data build`, and --set 'data.drop=[MIXTURE.SOURCE]' for `train` (or data.drop in params.yaml)",
+            file=sys.stderr,
+        )
+        raise typer.Exit(1)
 
 
 @app.command("synth")

@@ -65,16 +65,22 @@ def data_config(params: str | Path = DEFAULT_PARAMS) -> DataConfig:
 
 
 def prepare_data(params: str | Path = DEFAULT_PARAMS, mixtures: list[str] | None = None) -> dict[str, Path]:
-    """Generate the synthetic benchmarks and build the named mixtures (all by default)."""
+    """Generate the synthetic benchmarks and build the named mixtures. By default every
+    mixture except those none of whose sources is under the data root (the paper's, before
+    they are fetched: `dragonfly data plan`), each skip said in a line."""
     from dragonfly.data.mixture import build_mixture
+    from dragonfly.data.plan import nothing_present
     from dragonfly.data.synth import write
 
     cfg = data_config(params)
     root = Path(cfg.root)
     for synth in cfg.synth:
         write(synth, root)
+    names = mixtures or [n for n in cfg.mixtures if not nothing_present(cfg.mixture(n), root)]
+    for name in [n for n in cfg.mixtures if not mixtures and n not in names]:
+        print(f"skipped mixture {name}: none of its sources is under {root} (see `dragonfly data plan`)")
     built = {}
-    for name in mixtures or list(cfg.mixtures):
+    for name in names:
         built[name] = build_mixture(cfg.mixture(name), root, Path(cfg.out_dir) / name).dataset_dir
     return built
 
@@ -242,7 +248,11 @@ def _loss_csv(out: Path) -> None:
     import csv
 
     rows = read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").is_file() else []
-    tmp = out / (LOSS_CSV + ".tmp")
+    import os
+
+    # One temporary file per process: under torchrun every rank writes it (the same rows),
+    # and a shared name let one rank's rename pull the file from under the other's.
+    tmp = out / f"{LOSS_CSV}.tmp-{os.getpid()}"
     with tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["step", "loss", "lr"])

@@ -17,6 +17,9 @@ from dragonfly.errors import close_match
 PARTS = ("projector", "vision", "llm")
 SCHEDULES = ("cosine", "linear", "constant_with_warmup")
 PRECISIONS = ("fp32", "bf16")
+# auto: DeepSpeed ZeRO where CUDA is (the paper's 8×H100), plain accelerate elsewhere;
+# deepspeed on a CPU runs ZeRO-1 on gloo (the tests do); plain is accelerate/DDP alone.
+ENGINES = ("auto", "deepspeed", "plain")
 
 
 @dataclass
@@ -54,6 +57,7 @@ class StageConfig:
     log_every: int = 1
     layout: dict = field(default_factory=dict)  # overrides of the model layout (ablations)
     zero_stage: int = 1
+    engine: str = "auto"  # one of ENGINES; dragonfly.train.deepspeed.engine_of resolves auto
     log_model_artifact: bool = True
 
     def validate(self) -> None:
@@ -69,6 +73,8 @@ class StageConfig:
             raise ConfigError(f"stage {self.name}: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"stage {self.name}: precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"stage {self.name}: engine must be one of {ENGINES}, got {self.engine!r}")
         if self.global_batch <= 0 or self.micro_batch <= 0:
             raise ConfigError(f"stage {self.name}: global_batch and micro_batch must be positive")
 

@@ -1,17 +1,16 @@
 """One trainer for every stage (general 1–2, Med 1–3), on accelerate (+ DeepSpeed ZeRO-1).
 
 The loop is deliberately plain: micro-batches come from :class:`StepBatches` (a pure
-function of seed and step, so resume needs no replay), gradients accumulate locally and
-synchronise on the last micro-batch, and a checkpoint holds the whole training state.
-Rank 0 alone writes checkpoints, logs and MLflow.
+function of seed and step, so resume needs no replay), gradients accumulate under
+``accelerator.accumulate`` and synchronise on the last micro-batch (the same steps on the
+plain and the DeepSpeed engine: :mod:`dragonfly.train.step`), and a checkpoint holds the
+whole training state. Rank 0 alone writes checkpoints, logs and MLflow.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import resource
 import time
 from pathlib import Path
 
@@ -28,8 +27,9 @@ from dragonfly.train import checkpoint, state
 from dragonfly.train.config import StageConfig, stage_dir
 from dragonfly.train.console import StageReport, interactive
 from dragonfly.train.data import Collator, ConversationDataset, StepBatches
-from dragonfly.train.deepspeed import make_accelerator, unprobed
+from dragonfly.train.deepspeed import engine_of, make_accelerator, unprobed
 from dragonfly.train.parts import param_groups, set_trainable, start_model
+from dragonfly.train.step import Window, all_finite, apply_step, to_device, weights_finite
 
 
 class TrainingError(DragonflyError):
@@ -40,12 +40,6 @@ def _total_steps(stage: StageConfig, num_samples: int) -> int:
     per_epoch = num_samples // stage.global_batch
     steps = int(per_epoch * stage.epochs)
     return min(steps, stage.max_steps) if stage.max_steps > 0 else steps
-
-
-def _peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def describe_batch(batch: dict, tokenizer, image_token_id: int) -> str:
@@ -67,7 +61,8 @@ def describe_batch(batch: dict, tokenizer, image_token_id: int) -> str:
 
 
 # Keys a resumed run may change: bookkeeping, and how a step is split (the same global
-# batch gives the same update; tested equal to 4e-8 across 1 and 2 processes).
+# batch gives the same update; tested equal to 4e-8 across 1 and 2 processes). Not
+# ``engine``: the two engines write checkpoints the other cannot read.
 RESUME_SAFE = frozenset(
     {
         "save_every",
@@ -86,11 +81,13 @@ def resume_conflicts(saved: dict | None, stage: StageConfig) -> list[str]:
     """Config keys whose value differs from the checkpoint's (and that change the run)."""
     if saved is None:  # a checkpoint written before configs were recorded
         return []
-    current = dataclasses.asdict(stage)
+    current, default = dataclasses.asdict(stage), dataclasses.asdict(StageConfig())
+    # A key newer than the checkpoint (e.g. engine) ran at its default there.
+    before = {key: saved.get(key, default[key]) for key in current}
     return sorted(
-        f"{key}: {saved.get(key)!r} → {current[key]!r}"
+        f"{key}: {before[key]!r} → {current[key]!r}"
         for key in current
-        if key not in RESUME_SAFE and saved.get(key) != current[key]
+        if key not in RESUME_SAFE and before[key] != current[key]
     )
 
 
@@ -130,7 +127,6 @@ def train_stage(
         raise TrainingError(
             f"stage {stage.name}: {len(dataset)} samples give no optimiser step at global_batch {stage.global_batch}"
         )
-    accum = stage.accumulation(accelerator.num_processes)
     optimizer = torch.optim.AdamW(param_groups(trainable, stage), lr=stage.lr, betas=(0.9, 0.999))
     scheduler = get_scheduler(
         stage.schedule, optimizer, num_warmup_steps=int(stage.warmup_ratio * total), num_training_steps=total
@@ -170,6 +166,7 @@ def train_stage(
             {
                 "stage": dataclasses.asdict(stage),
                 "world_size": accelerator.num_processes,
+                "engine": engine_of(stage),
                 "total_steps": total,
                 "num_samples": len(dataset),
             }
@@ -218,47 +215,42 @@ def train_stage(
         accelerator.wait_for_everyone()
 
     model.train()
-    step, micro, window = start_step, 0, _Window()
+    step, window, shown = start_step, Window(), start_step > 0
     # Whether the current weights came out of a step of THIS run that had a finite loss and
     # gradient norm: only such a state may be saved as "the last good state" on a NaN.
     stepped_finitely = False
     report = StageReport(stage.name, total, start_step, main, bar=progress and interactive())
     for batch in loader:
-        if step == start_step and micro == 0 and start_step == 0:
+        if not shown:
             console.print(
                 f"[bold]first batch of {stage.name}[/]\n{describe_batch(batch, processor.tokenizer, image_token_id)}"
             )
+            shown = True
         if not (batch["labels"] != IGNORE_INDEX).any(dim=1).all():
             raise TrainingError(
                 f"stage {stage.name} step {step}: a sample in the batch has no trained tokens "
                 "(all labels are -100); check the chat template and truncation"
             )
-        micro += 1
-        last = micro == accum
-        context = accelerator.no_sync(model) if not last else contextlib.nullcontext()
-        with context:
+        batch = to_device(batch, accelerator.device)
+        # accumulate: no gradient sync (DDP) and no engine step (DeepSpeed) but on a step's last micro-batch.
+        with accelerator.accumulate(model):
             loss = model(**batch).loss
-            if not _all_finite(accelerator, loss):
-                if stepped_finitely and _all_finite(accelerator, _weights_finite(model)):
+            if not all_finite(accelerator, loss):
+                if stepped_finitely and all_finite(accelerator, weights_finite(model)):
                     save(step)
                     raise TrainingError(
                         f"stage {stage.name}: non-finite loss at step {step}; saved the last good "
                         f"state as checkpoint {checkpoint.checkpoint_name(step)}"
                     )
                 raise TrainingError(_nothing_saved(stage.name, step, ckpt_root, found, step == start_step))
-            accelerator.backward(loss / accum)
+            accelerator.backward(loss)  # unscaled: accelerate or the engine divides by accum, once
         window.add(loss.detach(), batch)
-        if not last:
+        if not accelerator.sync_gradients:
             continue
-        grad_norm = accelerator.clip_grad_norm_(params, stage.grad_clip)
+        grad_norm = apply_step(accelerator, model, optimizer, scheduler, params, stage.grad_clip)
         # The norm of all-reduced gradients is the same on every rank: no collective needed.
-        stepped_finitely = grad_norm is None or bool(
-            torch.isfinite(torch.as_tensor(grad_norm)).all()
-        )  # None: DeepSpeed
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step, micro = step + 1, 0
+        stepped_finitely = math.isfinite(grad_norm)
+        step += 1
         report.advance()
         if step % stage.log_every == 0 or step == total:
             record = window.flush(accelerator, step, scheduler.get_last_lr()[0], grad_norm)
@@ -286,18 +278,6 @@ def train_stage(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
-
-
-def _all_finite(accelerator, value: torch.Tensor) -> bool:
-    """Every rank agrees, so no rank waits forever in a collective another has left."""
-    value = torch.as_tensor(value).detach()
-    flag = torch.tensor([float(torch.isfinite(value).all().item())], device=accelerator.device)
-    return bool(accelerator.reduce(flag, reduction="sum").item() == accelerator.num_processes)
-
-
-def _weights_finite(model) -> torch.Tensor:
-    """Checked only when a loss is non-finite (never per step): a full pass over the weights."""
-    return torch.tensor(all(bool(torch.isfinite(p).all()) for p in model.parameters()))
 
 
 def _agreed_resume_point(accelerator, root: Path, log) -> Path | None:
@@ -337,35 +317,3 @@ def _nothing_saved(stage: str, step: int, root: Path, resumed_from: Path | None,
     if existing:
         return message + f"; the newest checkpoint is {existing[-1]}: --resume continues from it"
     return message + "; there is no checkpoint: train afresh (a lower lr?)"
-
-
-class _Window:
-    """Loss, throughput and token counts accumulated between two log lines."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.losses, self.samples, self.tokens, self.start = [], 0, 0, time.perf_counter()
-
-    def add(self, loss: torch.Tensor, batch: dict) -> None:
-        self.losses.append(loss.float())
-        self.samples += batch["input_ids"].shape[0]
-        self.tokens += int(batch["attention_mask"].sum())
-
-    def flush(self, accelerator, step: int, lr: float, grad_norm) -> dict:
-        loss = accelerator.reduce(torch.stack(self.losses).mean(), reduction="mean")
-        counts = accelerator.reduce(torch.tensor([self.samples, self.tokens], dtype=torch.float64), reduction="sum")
-        seconds = max(time.perf_counter() - self.start, 1e-9)
-        norm = float(grad_norm) if grad_norm is not None else math.nan
-        record = {
-            "step": step,
-            "loss": float(loss),
-            "lr": lr,
-            "grad_norm": norm,
-            "samples_per_s": float(counts[0]) / seconds,
-            "tokens_per_s": float(counts[1]) / seconds,
-            "peak_memory_mb": _peak_memory_mb(),
-        }
-        self.reset()
-        return record

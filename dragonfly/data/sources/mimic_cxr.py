@@ -78,8 +78,10 @@ def convert(
         raise ConverterError(path / "mimic-cxr-2.0.0-split.csv", f"columns; missing {absent}")
     meta = _table(path, "mimic-cxr-2.0.0-metadata")
     views = dict(zip(meta["dicom_id"], meta["ViewPosition"].fillna(""), strict=True)) if meta is not None else {}
+    # `path` already includes the data root (as a mixture resolves it); only `reports_dir`
+    # is relative to the root. Joining the root onto `path` again broke a relative root.
     reports = Path(reports_dir) if reports_dir else path
-    if not reports.is_absolute():
+    if reports_dir and not reports.is_absolute():
         reports = root / reports
     out = Converted()
     grouped = split_table.groupby(["subject_id", "study_id"], sort=True)

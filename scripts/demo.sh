@@ -15,6 +15,9 @@ bin=$repo/.venv/bin
 # The whole pipeline as one Prefect flow (ephemeral server): prepare → tower → five stages →
 # evaluation → registration; it prints the report (metrics beside chance, registry aliases).
 export PREFECT_HOME=${PREFECT_HOME:-$PWD/.prefect}
+# The ephemeral server's first start creates its database; on a busy 2-core machine that can
+# take longer than Prefect's default 20 s, which fails the run before it starts.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120}
 "$bin/python" "$repo/flows/dragonfly_pipeline.py" --profile tiny
 "$bin/python" -c "from PIL import Image; from skimage import data; Image.fromarray(data.retina()).save('retina.png')"
 "$bin/dragonfly" predict --model models:/dragonfly-med@champion --image retina.png \

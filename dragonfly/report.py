@@ -36,7 +36,7 @@ def report_rows(summary: dict) -> list[dict]:
     """One row per (track, benchmark, metric), with the chance level where a task has one."""
     rows = []
     for track, entry in summary.get("tracks", {}).items():
-        for bench, metrics in entry.get("metrics", {}).items():
+        for bench, metrics in (entry.get("metrics") or {}).items():
             predictions = Path(entry["eval_dir"]) / bench / PREDICTIONS_FILE
             chance = majority_baseline(predictions) if predictions.is_file() else {}
             for key, value in sorted(metrics.items()):

@@ -8,7 +8,9 @@ rule, not two. Training tasks retry (a retried task resumes from its last checkp
 an expected error (bad configuration, bad data) fails at once.
 
 Run it: `python flows/dragonfly_pipeline.py --profile tiny` (ephemeral Prefect), or
-through the deployments of `prefect.yaml` (README, "Orchestration").
+through the deployments of `prefect.yaml` (README, "Orchestration"). ``train_on="sky"``
+(``--train-on sky --sky data_bucket=... --sky ckpt_bucket=...``) runs every training stage
+and evaluation as a SkyPilot managed job on H100s and waits for each (docs/sky.md).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from dragonfly import pipeline
 from dragonfly.errors import DragonflyError
+from dragonfly.pipeline import sky_jobs
 from dragonfly.report import pipeline_report, report_rows
 from dragonfly.tracking import Tracking, tracking_from_env
 
@@ -67,6 +70,23 @@ def train_task(stage: str, profile: str, params: str, sets: list[str], tracking:
     return str(pipeline.train(stage, profile, params, resume="auto", sets=sets, tracking=tracking, log=_log))
 
 
+# A retry after a crash of this worker finds the job still running by name and waits for it.
+@task(
+    name="train-sky",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_condition_fn=retry_unless_expected,
+    task_run_name="train-sky-{stage}",
+)
+def sky_train_task(stage: str, profile: str, params: str, sets: list[str], target: sky_jobs.SkyTarget) -> str:
+    return sky_jobs.train_stage(target, stage, profile, params, sets, log=_log)
+
+
+@task(name="evaluate-sky", cache_policy=NO_CACHE, task_run_name="evaluate-sky-{track}")
+def sky_evaluate_task(track: str, stage: str, profile: str, benchmarks: list[str], target: sky_jobs.SkyTarget):
+    return sky_jobs.evaluate_stage(target, stage, profile, benchmarks, log=_log)
+
+
 @task(name="evaluate", cache_policy=NO_CACHE, task_run_name="evaluate-{track}")
 def evaluate_task(
     track: str,
@@ -106,14 +126,21 @@ def dragonfly_pipeline(
     params: str = "params.yaml",
     eval_dir: str = "eval",
     tracking_uri: str | None = None,
+    train_on: str = "local",
+    sky: dict | None = None,
 ) -> dict:
     """Run the pipeline of PROFILE. ``stages``: a subset to run (the others are read from
     their outputs); ``overrides``: ``--set``-style keys (``stages.general2.max_steps=50``);
-    ``benchmarks``: ``{"general": [...], "med": [...]}``. Returns the evaluation metrics and
-    registrations per track."""
+    ``benchmarks``: ``{"general": [...], "med": [...]}``; ``train_on``: ``local`` or
+    ``sky`` (managed jobs, ``sky``: the settings of ``dragonfly.pipeline.sky_jobs.SkyTarget``).
+    Returns the evaluation metrics and registrations per track."""
     sets = list(overrides or [])
     settings = pipeline.load_settings(params, profile, sets)  # a bad key fails here, before any work
     chosen = _wanted(stages, settings.profile.stages)
+    if train_on not in ("local", "sky"):
+        raise DragonflyError(f"train_on must be local or sky, not {train_on!r}")
+    if train_on == "sky":
+        return _on_sky(profile, chosen, sets, benchmarks or {}, register, params, settings, sky)
     benchmarks = {**DEFAULT_BENCHMARKS, **(benchmarks or {})}
     base = Tracking(tracking_uri) if tracking_uri else tracking_from_env()
     parent = base.tracker(f"dragonfly-{profile}", "pipeline", tags={"dragonfly.profile": profile}) if base else None
@@ -149,6 +176,47 @@ def dragonfly_pipeline(
             parent.finish(status)
 
 
+def _on_sky(profile, chosen, sets, benchmarks, register, params, settings, sky) -> dict:
+    """The stages as SkyPilot managed jobs, one after the other, each waited for; each
+    track's evaluation as one more. The data is the data bucket's (mixtures built where the
+    data is, docs/sky.md), so nothing is prepared here."""
+    target = sky_jobs.SkyTarget.from_dict(sky)
+    for stage in chosen:
+        sky_jobs.stage_args(stage, sets)  # an override SkyPilot cannot carry fails before any launch
+    if settings.profile.model.source == "tiny" and settings.profile.model.tiny.vision_from:
+        raise DragonflyError(
+            f"profile {profile} pretrains its tiny vision tower on this machine; train_on=sky is for backbone profiles"
+        )
+    tracks = {}
+    for stage in chosen:
+        final = sky_train_task(stage, profile, params, sets, target)
+        track = TRACK_ENDS.get(stage)
+        if track is None:
+            continue
+        # Remote benchmarks are the profile's real ones: `all` unless named (the synthetic ones are the tiny profile's).
+        metrics = sky_evaluate_task(track, stage, profile, benchmarks.get(track, []), target)
+        local = sky_jobs.mirrored_model(target, profile, stage)
+        eval_dir = f"{target.mirror}/eval/{stage}" if target.mirror else f"{target.ckpt_bucket}/eval/{stage}"
+        entry = {"model": final, "metrics": metrics, "eval_dir": eval_dir}
+        if register and metrics is not None and local is not None:
+            entry["registration"] = register_task(track, str(local), metrics, params, tracking_from_env())
+        elif register:
+            _log(f"{track}: not registered (no sky.mirror: the model and its metrics are on {target.ckpt_bucket})")
+        tracks[track] = entry
+    summary = {"profile": profile, "stages": chosen, "tracks": tracks, "train_on": "sky"}
+    summary["report"] = pipeline_report(summary, None)
+    create_markdown_artifact(
+        key="dragonfly-report", markdown=summary["report"], description="Dragonfly pipeline report"
+    )
+    return summary
+
+
+def _sky_settings(items: list[str]) -> dict:
+    if bad := [item for item in items if "=" not in item]:
+        raise DragonflyError(f"--sky takes KEY=VALUE, not {bad[0]!r}")
+    return dict(item.split("=", 1) for item in items)
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python flows/dragonfly_pipeline.py`: the flow in Prefect's ephemeral mode; prints the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -158,18 +226,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-limit", type=int, default=None)
     parser.add_argument("--no-register", action="store_true")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--train-on", choices=["local", "sky"], default="local", help="sky: SkyPilot managed jobs")
+    parser.add_argument("--sky", action="append", default=[], help="SkyPilot setting KEY=VALUE (docs/sky.md)")
     args = parser.parse_args(argv)
     try:
         # The flow checks this too; checking first keeps a typo to one line, without a flow run.
         settings = pipeline.load_settings(args.params, args.profile, args.overrides)
         _wanted(args.stages, settings.profile.stages)
+        sky = _sky_settings(args.sky) if args.train_on == "sky" else None
+        if sky is not None:
+            sky_jobs.SkyTarget.from_dict(sky)
         summary = dragonfly_pipeline(
-            args.profile, args.stages, args.overrides, None, args.eval_limit, not args.no_register, args.params
+            args.profile,
+            args.stages,
+            args.overrides,
+            None,
+            args.eval_limit,
+            not args.no_register,
+            args.params,
+            train_on=args.train_on,
+            sky=sky,
         )
     except DragonflyError as err:
         if os.environ.get("DRAGONFLY_DEBUG"):
             raise
         print(f"error: {err}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
         sys.exit(1)
     print(summary["report"])
 

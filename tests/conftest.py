@@ -11,7 +11,10 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 # Every MLflow write in the tests goes to a throwaway sqlite store, never ./mlflow.db.
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='dragonfly-mlflow-')}/mlflow.db")
@@ -70,3 +73,34 @@ def random_image():
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def sky_env():
+    """The python of .venv-sky, made by `make sky` as a user makes it; skipped only when PyPI
+    cannot be reached."""
+    made = subprocess.run(["make", "sky"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    if made.returncode != 0:
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "-d",
+                "/tmp/sky-probe",
+                "skypilot==0.14.1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if probe.returncode != 0:
+            pytest.skip(f"pip cannot fetch skypilot==0.14.1 from PyPI here: {probe.stderr.strip()[-300:]}")
+        pytest.fail(f"make sky failed although PyPI answers:\n{made.stdout[-2000:]}\n{made.stderr[-3000:]}")
+    return REPO / ".venv-sky" / "bin" / "python"

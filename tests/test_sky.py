@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -72,33 +71,6 @@ for path in sys.argv[2:]:
     report["files"][path] = {"dag": dag.name, "plain_from_yaml_error": plain, "tasks": tasks}
 print(json.dumps(report))
 """
-
-
-@pytest.fixture(scope="session")
-def sky_env() -> Path:
-    """`make sky`, the way a user gets SkyPilot; skipped only when PyPI cannot be reached."""
-    made = subprocess.run(["make", "sky"], cwd=REPO, capture_output=True, text=True, timeout=900)
-    if made.returncode != 0:
-        probe = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--quiet",
-                "-d",
-                "/tmp/sky-probe",
-                "skypilot==0.14.1",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if probe.returncode != 0:
-            pytest.skip(f"pip cannot fetch skypilot==0.14.1 from PyPI here: {probe.stderr.strip()[-300:]}")
-        pytest.fail(f"make sky failed although PyPI answers:\n{made.stdout[-2000:]}\n{made.stderr[-3000:]}")
-    return SKY_PYTHON
 
 
 @pytest.fixture(scope="session")

@@ -76,7 +76,9 @@ def predict(
     image: Path = typer.Option(..., help="Image file (JPEG/PNG/TIFF/DICOM)."),
     question: str = typer.Option(..., help="Question about the image."),
     max_new_tokens: int = typer.Option(32, help="Answer length limit."),
-    viz: Path | None = typer.Option(None, help="Write a PNG with the grids and the kept high tiles."),
+    viz: Path | None = typer.Option(
+        None, help="Write a PNG: the grids, the kept high tiles ranked, every tile's score."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON record instead of the bare answer."),
 ):
     """Answer QUESTION about IMAGE with MODEL."""
@@ -88,15 +90,10 @@ def predict(
     picture = load_image(image)
     result = answer(net, processor, [picture], [question], max_new_tokens)[0]
     if viz is not None:
-        from dragonfly.viz import draw_selection
+        from dragonfly.viz import save_zoom
 
         viz.parent.mkdir(parents=True, exist_ok=True)
-        from dragonfly.model.processing import canvas
-
-        high = result.high_grid if result.high_grid != (0, 0) else None
-        # Drawn on the canvas the tiles were cut from (letterboxed in pad mode).
-        shown = canvas(picture, processor.image_processor.spec, result.medium_grid, high)
-        draw_selection(shown, result.medium_grid, result.high_grid, result.selected_tiles).save(viz)
+        save_zoom(net, processor, picture, viz, title=f"{question!r} → {result.text!r}")
     if as_json:
         print(
             json.dumps(

@@ -35,7 +35,7 @@ from transformers.utils import ModelOutput
 
 from dragonfly.model.processing import TilingSpec
 from dragonfly.model.specs import Layout
-from dragonfly.model.zoom import ORDERS, STRATEGIES, select_tiles, summarize
+from dragonfly.model.zoom import ORDERS, STRATEGIES, select_tiles, summarize, tile_scores
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 # Vision towers whose sequence starts with a CLS token (SigLIP has none).
@@ -219,6 +219,21 @@ class DragonflyForConditionalGeneration(DragonflyPreTrainedModel, GenerationMixi
 
     def _vision_trainable(self) -> bool:
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.vision_tower.parameters())
+
+    @torch.no_grad()
+    def zoom_scores(self, pixel_values: torch.Tensor, image_regions: torch.Tensor):
+        """What the zoom saw, for pictures: (``[I, Nm * k]`` kept high tiles, ``[I, Nh]`` each
+        high tile's score, :func:`~dragonfly.model.zoom.tile_scores`); ``(None, None)``
+        without a selection."""
+        cfg = self.config
+        if cfg.tiling.num_high == 0 or cfg.strategy == "none":
+            return None, None
+        num_base = 1 + cfg.tiling.num_medium
+        tiles = self.encode_tiles(pixel_values.flatten(0, 1)).unflatten(0, pixel_values.shape[:2])  # [I, T, P, D]
+        mid, high = summarize(tiles[:, 1:num_base]), summarize(tiles[:, num_base:])  # [I, Nm, D], [I, Nh, D]
+        regions = image_regions.to(tiles.device)
+        kept = select_tiles(mid, high, regions, cfg.select_k, cfg.strategy, cfg.select_order)
+        return kept, tile_scores(mid, high, regions, cfg.strategy)
 
     def get_image_features(self, pixel_values: torch.Tensor, image_regions: torch.Tensor | None = None):
         """Tiles of ``I`` images → (``[I, image_seq_length, D]`` embeddings, kept high indices).

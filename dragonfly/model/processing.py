@@ -139,17 +139,28 @@ class TilingSpec:
         return medium, select_grid(size, candidates, self.tile_size)
 
 
-def letterbox(image: Image.Image, aspect: float, fill: tuple[int, int, int]) -> Image.Image:
-    """Pad ``image`` (centred) to the width/height ratio ``aspect`` without scaling it."""
-    width, height = image.size
+def letterbox_box(size: tuple[int, int], aspect: float) -> tuple[int, int, int, int]:
+    """The canvas :func:`letterbox` makes for an image of ``size`` (width, height), in the
+    image's own pixel coordinates: ``(x0, y0, x1, y1)``, ``(0, 0, width, height)`` when the
+    aspect already matches, else reaching past the image on two opposite sides."""
+    width, height = size
     if abs(width / height - aspect) < 1e-6:
-        return image
+        return 0, 0, width, height
     if width / height < aspect:
         new_w, new_h = round(height * aspect), height
     else:
         new_w, new_h = width, round(width / aspect)
-    canvas = Image.new("RGB", (new_w, new_h), fill)
-    canvas.paste(image, ((new_w - width) // 2, (new_h - height) // 2))
+    left, top = (new_w - width) // 2, (new_h - height) // 2
+    return -left, -top, new_w - left, new_h - top
+
+
+def letterbox(image: Image.Image, aspect: float, fill: tuple[int, int, int]) -> Image.Image:
+    """Pad ``image`` (centred) to the width/height ratio ``aspect`` without scaling it."""
+    x0, y0, x1, y1 = letterbox_box(image.size, aspect)
+    if (x0, y0, x1, y1) == (0, 0, *image.size):
+        return image
+    canvas = Image.new("RGB", (x1 - x0, y1 - y0), fill)
+    canvas.paste(image, (-x0, -y0))
     return canvas
 
 
@@ -188,6 +199,17 @@ def canvas(image: Image.Image, spec: TilingSpec, medium: tuple[int, int], high: 
         return image
     target = high or medium
     return letterbox(image.convert("RGB"), target[0] / target[1], tuple(round(255 * m) for m in spec.image_mean))
+
+
+def canvas_box(
+    size: tuple[int, int], spec: TilingSpec, medium: tuple[int, int], high: tuple[int, int] | None
+) -> tuple[int, int, int, int]:
+    """Where :func:`canvas` lies in the original image's coordinates: the image itself
+    (``stretch``) or its letterbox (``pad``, :func:`letterbox_box`)."""
+    if spec.resize_mode != "pad":
+        return 0, 0, *size
+    target = high or medium
+    return letterbox_box(size, target[0] / target[1])
 
 
 def tile_image(image: Image.Image, spec: TilingSpec, out: torch.Tensor | None = None) -> dict:

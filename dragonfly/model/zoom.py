@@ -81,3 +81,23 @@ def select_tiles(
         else:
             raise ValueError(f"unknown selection strategy {strategy!r}; expected 'region' or 'global'")
     return kept.sort(dim=1).values
+
+
+def tile_scores(
+    mid_summary: torch.Tensor, high_summary: torch.Tensor, regions: torch.Tensor, strategy: str = "region"
+) -> torch.Tensor:
+    """Each high tile's score as :func:`select_tiles` ranks it, for pictures and checks.
+
+    Args: as :func:`select_tiles`.
+
+    Returns:
+        ``[B, Nh]`` float: ``region``, the dot product with the medium tile whose region
+        holds the tile (NaN for a tile in no region); ``global``, its best dot product over
+        the medium tiles. The kept tiles are the top (``most_similar``) or bottom k of each
+        region by this score, or of the whole grid for ``global``.
+    """
+    scores = torch.einsum("bmd,bhd->bmh", mid_summary.float(), high_summary.float())  # [B, Nm, Nh]
+    if strategy == "global":
+        return scores.max(dim=1).values
+    out = torch.full(high_summary.shape[:2], float("nan"), device=scores.device)  # [B, Nh]
+    return out.scatter(1, regions.flatten(1), torch.gather(scores, 2, regions).flatten(1))

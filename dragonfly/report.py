@@ -1,6 +1,7 @@
 """The pipeline report: evaluation metrics beside the chance level of each task, the
-registered versions and aliases, and where the runs are. Markdown for Prefect and the
-console; rows for Prefect's table artifact."""
+registered versions and aliases, the stages' loss curves, and where the runs are. Markdown
+for Prefect (figures inlined) and the console (figures as paths); rows for Prefect's table
+artifact."""
 
 from __future__ import annotations
 
@@ -54,7 +55,31 @@ def report_rows(summary: dict) -> list[dict]:
     return rows
 
 
-def pipeline_report(summary: dict, tracking_uri: str | None = None) -> str:
+def loss_curves_png(finals: dict[str, str | Path], out: str | Path) -> Path | None:
+    """The loss curves of the stages whose ``final/`` models are given (each stage folder's
+    ``loss.csv``), end to end, written to ``out``; None when no stage has one (skipped
+    stages keep theirs, so a rerun draws them too)."""
+    from dragonfly.plots import loss_figure, read_loss_csv
+
+    curves = {
+        s: read_loss_csv(Path(f).parent / "loss.csv")
+        for s, f in finals.items()
+        if (Path(f).parent / "loss.csv").is_file()
+    }
+    if not curves:
+        return None
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    loss_figure(curves, title=f"Training loss: {', '.join(curves)}").savefig(out, dpi=110)
+    return out
+
+
+def pipeline_report(
+    summary: dict, tracking_uri: str | None = None, figures: dict[str, Path] | None = None, images: str = "path"
+) -> str:
+    """``figures``: {caption: PNG}, shown as ``images`` says: ``inline`` (data URIs: the
+    Prefect artifact), ``link`` (beside the markdown file: MLflow's ``report/``) or
+    ``path`` (the console)."""
     lines = [
         f"# Dragonfly pipeline: profile `{summary['profile']}`",
         "",
@@ -79,6 +104,17 @@ def pipeline_report(summary: dict, tracking_uri: str | None = None) -> str:
                 f"`@champion` is version {reg['champion_version']} ({reg['reason']})"
             )
         lines.append(f"  model: `{entry['model']}`")
+    if figures:
+        from dragonfly.plots import markdown_image
+
+        lines.append("")
+        for caption, path in figures.items():
+            if images == "inline":
+                lines.append(markdown_image(path, caption))
+            elif images == "link":
+                lines.append(f"![{caption}]({Path(path).name})")
+            else:
+                lines.append(f"{caption}: `{path}`")
     if summary.get("mlflow_run_id"):
         lines += [
             "",

@@ -106,59 +106,38 @@ def zoom_view(model, processor, image: Image.Image) -> ZoomView:
     )
 
 
-def _overview(ax, view: ZoomView) -> None:
-    """The original image, its medium grid, the kept high tiles numbered by rank."""
+def _box(ax, box: Box, **style) -> Rectangle:
+    x0, y0, x1, y1 = box
+    return ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, **style))
+
+
+def draw_overview(ax, view: ZoomView, title: str | None = None) -> None:
+    """The original image, its medium grid, the kept high tiles numbered by rank, on ``ax``.
+    Every rectangle carries a gid (``kept-i``, ``dropped-i``, ``medium-i``) naming its tile."""
     width, height = view.image.size
     x0, y0, x1, y1 = view.extent
     if (x0, y0, x1, y1) != (0, 0, width, height):  # pad mode: the letterbox band
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, facecolor="#d9d9d9", hatch="//", edgecolor="#999999"))
+        _box(ax, view.extent, facecolor="#d9d9d9", hatch="//", edgecolor="#999999")
     ax.imshow(view.image, extent=(0, width, height, 0), zorder=1)
     ranks = view.ranks()
     if view.high:
         kept = set(range(view.high[0] * view.high[1])) if view.kept is None else set(view.kept)
         line = max(1.5, 3.0 - 0.05 * len(kept))
         for i in range(view.high[0] * view.high[1]):
-            bx0, by0, bx1, by1 = cell_box(view.extent, view.high, i)
+            box = cell_box(view.extent, view.high, i)
             if i not in kept:
-                ax.add_patch(
-                    Rectangle(
-                        (bx0, by0), bx1 - bx0, by1 - by0, facecolor=DROPPED, alpha=0.5, zorder=2, gid=f"dropped-{i}"
-                    )
-                )
+                _box(ax, box, facecolor=DROPPED, alpha=0.5, zorder=2, gid=f"dropped-{i}")
                 continue
-            ax.add_patch(
-                Rectangle(
-                    (bx0, by0),
-                    bx1 - bx0,
-                    by1 - by0,
-                    fill=False,
-                    edgecolor=KEPT,
-                    linewidth=line,
-                    zorder=4,
-                    gid=f"kept-{i}",
-                )
-            )
+            _box(ax, box, fill=False, edgecolor=KEPT, linewidth=line, zorder=4, gid=f"kept-{i}")
             if i in ranks:
-                ax.text(bx0, by0, f"{ranks[i]}", color="black", fontsize=8, fontweight="bold", va="top", ha="left",
-                        bbox={"facecolor": KEPT, "edgecolor": "none", "pad": 1.5}, zorder=5)  # fmt: skip
+                ax.text(box[0], box[1], f"{ranks[i]}", color="black", fontsize=8, fontweight="bold", va="top",
+                        ha="left", bbox={"facecolor": KEPT, "edgecolor": "none", "pad": 1.5}, zorder=5)  # fmt: skip
     for i in range(view.medium[0] * view.medium[1]):
-        bx0, by0, bx1, by1 = cell_box(view.extent, view.medium, i)
-        ax.add_patch(
-            Rectangle(
-                (bx0, by0),
-                bx1 - bx0,
-                by1 - by0,
-                fill=False,
-                edgecolor=MEDIUM,
-                linewidth=2.0,
-                linestyle="--",
-                zorder=3,
-                gid=f"medium-{i}",
-            )  # fmt: skip
-        )
+        box = cell_box(view.extent, view.medium, i)
+        _box(ax, box, fill=False, edgecolor=MEDIUM, linewidth=2.0, linestyle="--", zorder=3, gid=f"medium-{i}")
     ax.set_xlim(x0, x1)
     ax.set_ylim(y1, y0)
-    ax.set_title(f"original {width}×{height} px, {view.resize_mode} mode", fontsize=9)
+    ax.set_title(title or f"original {width}×{height} px, {view.resize_mode} mode", fontsize=9)
     ax.tick_params(labelsize=7)
 
 
@@ -174,7 +153,7 @@ def _mosaic(ax, view: ZoomView) -> None:
         left, top = col * (1 + gap), row * (1 + gap + 0.25)
         ax.imshow(tile, extent=(left, left + 1, top + 1, top), alpha=1.0 if i in kept else 0.35)
         if i in kept:
-            ax.add_patch(Rectangle((left, top), 1, 1, fill=False, edgecolor=KEPT, linewidth=2.0))
+            _box(ax, (left, top, left + 1, top + 1), fill=False, edgecolor=KEPT, linewidth=2.0)
         score = view.scores[i]
         label = "–" if math.isnan(score) else f"{score:.2f}"
         ax.text(left + 0.5, top + 1.02, label, ha="center", va="top", fontsize=7,
@@ -201,7 +180,7 @@ def draw_zoom(view: ZoomView, title: str | None = None, width: float = 12.0) -> 
     """The figure of one :class:`ZoomView` (see the module docstring)."""
     fig = Figure(figsize=(width, width * 0.45), layout="constrained")
     axes = fig.subplots(1, 2, width_ratios=[1.2, 1]) if view.high else [fig.subplots(1, 1)]
-    _overview(axes[0], view)
+    draw_overview(axes[0], view)
     if view.high:
         _mosaic(axes[1], view)
     high = f"{view.high[0]}×{view.high[1]}" if view.high else "none"
@@ -225,6 +204,49 @@ def draw_zoom(view: ZoomView, title: str | None = None, width: float = 12.0) -> 
     if view.resize_mode == "pad" and view.extent != (0, 0, *view.image.size):
         handles.append(Patch(facecolor="#d9d9d9", hatch="//", edgecolor="#999999", label="letterbox padding"))
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, facecolor="#f4f4f4")
+    return fig
+
+
+RULES = (
+    ("region", "most_similar"),
+    ("region", "least_similar"),
+    ("global", "most_similar"),
+    ("global", "least_similar"),
+)
+
+
+def views_by_rule(model, processor, images: dict[str, Image.Image], rules=RULES) -> dict[tuple[str, str], ZoomView]:
+    """{(image name, "strategy / order"): view} for each image under each selection rule,
+    on the same weights (the rule is read from the config at each call; restored after)."""
+    cfg = model.config
+    saved = cfg.strategy, cfg.select_order
+    views = {}
+    try:
+        with torch.inference_mode():
+            for strategy, order in rules:
+                cfg.strategy, cfg.select_order = strategy, order
+                for name, image in images.items():
+                    views[(name, f"{strategy} / {order.replace('_', ' ')}")] = zoom_view(model, processor, image)
+    finally:
+        cfg.strategy, cfg.select_order = saved
+    return views
+
+
+def rules_figure(views: dict[tuple[str, str], ZoomView], title: str = "", cell: float = 3.2) -> Figure:
+    """A grid of overviews: one row per image, one column per rule (from :func:`views_by_rule`)."""
+    images = list(dict.fromkeys(name for name, _ in views))
+    rules = list(dict.fromkeys(rule for _, rule in views))
+    fig = Figure(figsize=(cell * len(rules), cell * len(images)), layout="constrained")
+    axes = fig.subplots(len(images), len(rules), squeeze=False)
+    for r, name in enumerate(images):
+        for c, rule in enumerate(rules):
+            view = views[(name, rule)]
+            draw_overview(axes[r][c], view, title=rule if r == 0 else " ")
+            axes[r][c].set_xticks([])
+            axes[r][c].set_yticks([])
+        axes[r][0].set_ylabel(name, fontsize=9)
+    first = next(iter(views.values()))
+    fig.suptitle(title or f"kept high tiles (cyan) per selection rule, {len(first.kept or ())} kept each", fontsize=10)
     return fig
 
 

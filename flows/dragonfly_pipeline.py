@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -26,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from dragonfly import pipeline
 from dragonfly.errors import DragonflyError
 from dragonfly.pipeline import sky_jobs
-from dragonfly.report import pipeline_report, report_rows
+from dragonfly.report import loss_curves_png, pipeline_report, report_rows
 from dragonfly.tracking import Tracking, tracking_from_env
 
 GENERAL = ("general1", "general2")
@@ -151,8 +152,9 @@ def dragonfly_pipeline(
         model = settings.profile.model
         if model.source == "tiny" and model.tiny.vision_from:
             pretrain_task(profile, params, sets, tracking)
+        finals = {}
         for stage in chosen:
-            final = train_task(stage, profile, params, sets, tracking)
+            final = finals[stage] = train_task(stage, profile, params, sets, tracking)
             track = TRACK_ENDS.get(stage)  # general after general2, biomedical after med3
             if track is None:
                 continue
@@ -163,8 +165,17 @@ def dragonfly_pipeline(
                 entry["registration"] = register_task(track, final, metrics, params, tracking)
             summary["tracks"][track] = entry
         summary["mlflow_run_id"] = parent.run_id if parent else None
-        report = pipeline_report(summary, tracking.uri if tracking else None)
-        create_markdown_artifact(key="dragonfly-report", markdown=report, description="Dragonfly pipeline report")
+        curves = loss_curves_png(finals, f"{eval_dir}/loss_curves.png")
+        figures = {"Training loss": curves} if curves else {}
+        uri = tracking.uri if tracking else None
+        report = pipeline_report(summary, uri, figures)
+        rich = pipeline_report(summary, uri, figures, images="inline")
+        if parent is not None:  # report/report.md beside its PNGs in the pipeline's MLflow run
+            linked = Path(eval_dir) / "report.md"
+            linked.write_text(pipeline_report(summary, uri, figures, images="link"), encoding="utf-8")
+            for path in [linked, *figures.values()]:
+                parent.log_artifacts(path, "report")
+        create_markdown_artifact(key="dragonfly-report", markdown=rich, description="Dragonfly pipeline report")
         rows = report_rows(summary)
         if rows:
             create_table_artifact(key="dragonfly-metrics", table=rows, description="Evaluation metrics")

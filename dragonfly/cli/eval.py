@@ -75,12 +75,14 @@ def _summary_table(results: dict[str, dict]) -> Table:
             table.add_row(name, "skipped", "-", "-", "-", "-")
             continue
         for label, key, head in _headline_rows(spec, metrics):
+            # a token F1 has no majority-answer level of its own: the exact-match one would mislead
+            f1 = key.endswith("token_f1")
             table.add_row(
                 label,
                 key[len(head) :],
                 _number(metrics.get(key)),
-                _number(metrics.get(f"{head}majority_baseline")),
-                _count(metrics.get(f"{head}distinct_predictions")),
+                "-" if f1 else _number(metrics.get(f"{head}majority_baseline")),
+                "-" if f1 else _count(metrics.get(f"{head}distinct_predictions")),
                 _count(metrics.get(f"{head}n", metrics.get("n"))),
             )
     return table
@@ -90,6 +92,10 @@ def _headline_rows(spec: BenchmarkSpec, metrics: dict) -> list[tuple[str, str, s
     """(label, metric key, key prefix of its baseline): the primary metric, then one row per
     task group or answer type that has a baseline of its own (closed/open, vqa_open...)."""
     rows = [(spec.name, spec.primary, "")]
+    if spec.overall_token_f1 and "token_f1" in metrics:  # Table 3's Token F1 (Med-PaLM M), then the open-only one
+        rows.append((f"{spec.name} (all questions)", "token_f1", ""))
+        if "open_token_f1" in metrics:
+            rows.append(("  open only", "open_token_f1", "open_"))
     heads = sorted({k[: -len("majority_baseline")] for k in metrics if k.endswith("_majority_baseline")})
     for head in heads:
         key = next((head + k for k in (spec.primary, "exact_match", "accuracy") if head + k in metrics), None)

@@ -19,6 +19,7 @@ from dragonfly.files import atomic_write_json
 
 MARKDOWN_FILE = "ablation.md"
 CSV_FILE = "ablation.csv"
+PLOT_STEM = "ablation"  # ablation_<benchmark>.png
 JSON_FILE = "ablation.json"
 
 # The headline metric of each scorer, for benchmarks that score several task groups: the
@@ -228,14 +229,24 @@ def csv_rows(results: Mapping[str, VariantResult]) -> list[tuple[str, str, str, 
 def write_report(
     results: Mapping[str, VariantResult], benchmarks: Sequence[str], out_dir: Path, settings: Mapping, header: str = ""
 ) -> dict[str, Path]:
-    """Write ablation.md, ablation.csv and ablation.json into `out_dir`; returns their paths."""
+    """Write ablation.md, ablation.csv, ablation.json and ablation.png (per benchmark, accuracy
+    against visual tokens with the chance level; linked from the markdown) into `out_dir`;
+    returns their paths."""
+    from dragonfly.plots import ablation_figure
+
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out_dir / MARKDOWN_FILE, "csv": out_dir / CSV_FILE, "json": out_dir / JSON_FILE}
-    paths["markdown"].write_text(render_markdown(results, benchmarks, header) + "\n", encoding="utf-8")
+    payload = {"settings": dict(settings), "variants": {n: r.to_dict() for n, r in results.items()}}
+    figures = []
+    for bench in benchmarks:
+        paths[f"plot_{bench}"] = out_dir / f"{PLOT_STEM}_{bench}.png"
+        ablation_figure(payload["variants"], bench).savefig(paths[f"plot_{bench}"], dpi=110)
+        figures.append(f"![{bench}: accuracy against visual tokens per image]({paths[f'plot_{bench}'].name})")
+    markdown = render_markdown(results, benchmarks, header) + "\n\n" + "\n\n".join(figures)
+    paths["markdown"].write_text(markdown.rstrip() + "\n", encoding="utf-8")
     with paths["csv"].open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(("variant", "benchmark", "metric", "value"))
         writer.writerows(csv_rows(results))
-    payload = {"settings": dict(settings), "variants": {n: r.to_dict() for n, r in results.items()}}
     atomic_write_json(paths["json"], payload, indent=2, sort_keys=True, default=str)
     return paths

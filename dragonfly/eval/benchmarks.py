@@ -66,6 +66,9 @@ class BenchmarkSpec:
     require_images: bool = False
     needs_judge: bool = False
     overall_accuracy: bool = False  # add "accuracy" = mean per-sample "correct" over groups
+    # add "token_f1" (and its precision/recall) over *all* questions, closed and open: the
+    # Med-PaLM M definition (Tu et al., 2024) behind the paper's Table 3 "Token F1"
+    overall_token_f1: bool = False
     in_all: bool = True  # part of `--benchmark all`
     reference: str = ""  # the paper table / protocol this reproduces
 
@@ -196,6 +199,7 @@ def _medvqa(name: str, title: str, fmt: str, reference: str) -> BenchmarkSpec:
         default_path=_converted(name),
         instructions=GENERAL_INSTRUCTIONS,
         reference=reference,
+        overall_token_f1=True,
     )
 
 

@@ -302,4 +302,8 @@ def score_records(spec: BenchmarkSpec, records: Sequence[Prediction]) -> Scores:
         if hits:
             metrics["accuracy"] = sum(hits) / len(hits)
         metrics.update(_pooled_baseline(spec, metrics))
+    if spec.overall_token_f1 and records:
+        # Over every question, closed ones too (Med-PaLM M); `open_token_f1` stays the open-only figure.
+        preds, refs = _maps(records)
+        metrics.update({f"token_{k}": v for k, v in M.corpus_token_f1(preds, refs).items()})
     return Scores(dict(sorted(metrics.items())), per)

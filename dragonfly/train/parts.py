@@ -13,7 +13,9 @@ from dragonfly.inference import CheckpointError, load
 from dragonfly.train.config import StageConfig, stage_dir
 from dragonfly.train.data import split_texts
 
-NO_DECAY = ("bias", "norm", "separator", "embedding")
+# Names of parameters AdamW does not decay: as the released training.py (no norms, no token
+# embeddings, no lm_head), plus biases, the separators and the vision embeddings.
+NO_DECAY = ("bias", "norm", "separator", "embedding", "embed_tokens", "lm_head")
 
 
 def part_modules(model) -> dict[str, torch.nn.Module]:

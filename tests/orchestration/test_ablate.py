@@ -83,7 +83,7 @@ def ablated(tmp_path_factory):
             VARIANTS, "tiny", params, root / "out", OVERRIDES, eval_limit=LIMIT, eval_batch_size=8, progress=False
         )
         # Later calls rewrite the same files; keep what the first one wrote.
-        written = {kind: path.read_text() for kind, path in first.files.items()}
+        written = {kind: path.read_text() for kind, path in first.files.items() if path.suffix != ".png"}
         parent_env = os.environ.get("DRAGONFLY_PARENT_RUN_ID")
         stamps = {p: p.stat().st_mtime_ns for p in (root / "out").glob("*/*/final/model.safetensors")}
         second = run_ablation(
@@ -133,7 +133,16 @@ def _row(markdown: str, label: str) -> list[str]:
 def test_files_written_with_variant_columns_and_visual_tokens(ablated) -> None:
     files = ablated["first"].files
     assert all(path.is_file() for path in files.values())
-    assert {p.name for p in files.values()} == {"ablation.md", "ablation.csv", "ablation.json"}
+    assert {p.name for p in files.values()} == {
+        "ablation.md",
+        "ablation.csv",
+        "ablation.json",
+        "ablation_synth_general.png",
+    }
+    assert (
+        "![synth_general: accuracy against visual tokens per image](ablation_synth_general.png)"
+        in files["markdown"].read_text()
+    )
     markdown = ablated["written"]["markdown"]
     for title in ("Table 1", "Table 5", "Table 6"):
         assert title in markdown
@@ -232,7 +241,12 @@ def test_mlflow_parent_with_nested_variant_and_stage_runs(ablated) -> None:
     assert sorted(r.info.run_name for r in children) == sorted(VARIANTS)
     assert all(r.info.status == "FINISHED" for r in children)
     artifacts = {a.path for a in client.list_artifacts(first, "ablation")}
-    assert artifacts == {"ablation/ablation.md", "ablation/ablation.csv", "ablation/ablation.json"}
+    assert artifacts == {
+        "ablation/ablation.md",
+        "ablation/ablation.csv",
+        "ablation/ablation.json",
+        "ablation/ablation_synth_general.png",
+    }
     for child in children:
         assert child.data.metrics["model.visual_tokens"] == TOKENS[child.info.run_name]
         stage_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == child.info.run_id]

@@ -32,6 +32,12 @@ def test_flow_trains_evaluates_registers_then_skips_what_is_unchanged(flow_works
     parents = [r for r in runs if r.info.run_name == "pipeline"]
     stages = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
     assert {"general1", "general2"} <= stages
+    # the report's loss curves: a PNG beside the evaluation, its path on the console, and
+    # report/{report.md,loss_curves.png} in the pipeline's MLflow run
+    curves = root / "eval" / "loss_curves.png"
+    assert curves.read_bytes()[:4] == b"\x89PNG" and "Training loss: `eval/loss_curves.png`" in first.stdout
+    logged = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
+    assert logged == {"report/report.md", "report/loss_curves.png"}
 
     trained, evaluated = _mtime(final / "model.safetensors"), _mtime(summary)
     time.sleep(0.05)

@@ -177,10 +177,11 @@ def test_a_checkpoint_missing_one_tensor_is_refused(tmp_path, saved_model):
 # --- 12: expected errors are one line; --debug shows the traceback -------------------------
 
 
-def test_debug_shows_the_traceback(tmp_path):
+def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
     params_in(tmp_path)
-    plain = run("train", "--stage", "general9", cwd=tmp_path)
-    one_line_error(plain, "general9", "did you mean")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DRAGONFLY_DEBUG", raising=False)
+    one_line_error(in_process(capsys, "train", "--stage", "general9"), "general9", "did you mean")
     for env, args in (({}, ["--debug"]), ({"DRAGONFLY_DEBUG": "1"}, [])):
         debug = run("train", "--stage", "general9", *args, cwd=tmp_path, env=env)
         assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr

@@ -152,6 +152,7 @@ def _train_variant(plan: Plan, name: str, layout: Mapping, run_id: str | None):
             out_dir=out,
             tracking=tracking,
             log=plan.console.print,
+            progress=plan.progress,
         )
         seconds[stage] = float(details(out).get("seconds", 0.0))
         losses[stage] = _losses(out / "metrics.jsonl")

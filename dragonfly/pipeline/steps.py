@@ -208,9 +208,7 @@ def train(
     very fingerprint and otherwise starts afresh, moving other checkpoints aside.
     ``progress``: a progress bar on a terminal (False: log lines only).
     """
-    from dragonfly.train.trainer import train_stage
-
-    plan = plan_stage(stage, profile, params, overrides, out_dir, sets)
+    plan = plan_stage(stage, profile, params, overrides, out_dir, sets)  # a bad key fails before torch loads
     out, fp = plan.out, plan.fingerprint
     if not force and up_to_date(out, fp):
         if log is not None:
@@ -219,6 +217,8 @@ def train(
         return out / "final"
     if resume == "auto":
         resume = _resumable(out, fp, log or (lambda _: None))
+    from dragonfly.train.trainer import train_stage
+
     final = train_stage(
         plan.settings.profile,
         plan.stage,

@@ -42,6 +42,18 @@ def _total_steps(stage: StageConfig, num_samples: int) -> int:
     return min(steps, stage.max_steps) if stage.max_steps > 0 else steps
 
 
+def epochs_cap(stage: StageConfig, num_samples: int) -> str | None:
+    """The line saying that ``epochs`` stops the stage before ``max_steps`` (silent otherwise:
+    a user who asked for 1,200 steps and got 480 should not have to work out why)."""
+    total = _total_steps(stage, num_samples)
+    if stage.max_steps > 0 and total < stage.max_steps:
+        return (
+            f"note: {stage.name} runs {total} steps, not max_steps={stage.max_steps}: epochs={stage.epochs:g} of "
+            f"{num_samples} samples at global_batch {stage.global_batch} ends it first (raise epochs to train longer)"
+        )
+    return None
+
+
 def describe_batch(batch: dict, tokenizer, image_token_id: int) -> str:
     """The first example of a batch decoded: prompt with images collapsed, and the trained part."""
     ids, labels = batch["input_ids"][0], batch["labels"][0]
@@ -127,6 +139,8 @@ def train_stage(
         raise TrainingError(
             f"stage {stage.name}: {len(dataset)} samples give no optimiser step at global_batch {stage.global_batch}"
         )
+    if note := epochs_cap(stage, len(dataset)):
+        console.print(note)
     optimizer = torch.optim.AdamW(param_groups(trainable, stage), lr=stage.lr, betas=(0.9, 0.999))
     scheduler = get_scheduler(
         stage.schedule, optimizer, num_warmup_steps=int(stage.warmup_ratio * total), num_training_steps=total

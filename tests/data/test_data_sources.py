@@ -250,9 +250,9 @@ def test_mimic_cxr(tmp_path: Path, files) -> None:
     assert a.id == "mimic_cxr:s50414267" and a.task == "report" and a.split == "train"
     assert a.images == ("mimic-cxr-jpg/files/p10/p10000032/s50414267/front1.jpg",)  # frontal first
     assert a.answers[0].startswith("The cardiac, mediastinal")
-    assert sorted((r.id, r.reason) for r in out.rejections) == [
-        ("mimic_cxr:s53189527", "no_findings"),
-        ("mimic_cxr:s59999999", "missing_report"),
+    assert sorted((r.id, r.reason, r.kind) for r in out.rejections) == [
+        ("mimic_cxr:s53189527", "no_findings", "filtered"),  # the paper's selection, not an error
+        ("mimic_cxr:s59999999", "missing_report", "error"),
     ]
 
 

@@ -47,7 +47,7 @@ def test_flow_trains_evaluates_registers_then_skips_what_is_unchanged(flow_works
     assert "up to date" in second.stdout + second.stderr
     assert len(client.search_model_versions("name='dragonfly'")) == 1  # same model, same metrics: once
 
-    # Three pipeline runs on the same data decide @champion. The registry metric here is
+    # Two pipeline runs on the same data decide @champion. The registry metric here is
     # the number of samples scored (registry.general.metric: synth_general.n, set in
     # conftest), the one metric a test can order without training to a chosen accuracy;
     # the eval limit sets it. Changing that one evaluation parameter re-runs only
@@ -59,11 +59,9 @@ def test_flow_trains_evaluates_registers_then_skips_what_is_unchanged(flow_works
     assert client.get_model_version_by_alias("dragonfly", "champion").version == versions[0].version
     assert "`@champion` is version 1" in worse.stdout, worse.stdout[-2000:]
 
-    better = flow(root, *STAGES, *SETS, "--eval-limit", "6")
-    assert better.returncode == 0, better.stderr[-3000:]
-    assert _mtime(final / "model.safetensors") == trained
-    assert int(client.get_model_version_by_alias("dragonfly", "champion").version) == 3
-    assert int(client.get_model_version_by_alias("dragonfly", "candidate").version) == 3
+    assert int(client.get_model_version_by_alias("dragonfly", "candidate").version) == 2
+    # (a better metric moving @champion is the same `pipeline.register`, tested directly in
+    # tests/test_registry.py; a fourth flow run here would cost ~30 s for no new path)
 
     # The champion loads in a fresh process through its models:/ URI and answers.
     import json
@@ -97,7 +95,7 @@ def test_flow_trains_evaluates_registers_then_skips_what_is_unchanged(flow_works
     )
     assert answered.returncode == 0, answered.stderr[-3000:]
     assert json.loads(answered.stdout.strip().splitlines()[-1])["question"] == "What is shown?"
-    assert (root / ".dragonfly-models" / "dragonfly" / "3").is_dir()
+    assert (root / ".dragonfly-models" / "dragonfly" / "1").is_dir()
 
 
 def test_a_bad_key_fails_the_flow_at_once_naming_it(flow_workspace, flow):

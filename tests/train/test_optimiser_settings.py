@@ -1,4 +1,5 @@
-"""Which parameters AdamW decays (dragonfly/train/parts.py), and the paper profile's values."""
+"""The optimiser settings a stage runs with: which parameters AdamW decays (train/parts.py), the
+paper profile's values, and the note when epochs end a stage before max_steps."""
 
 from __future__ import annotations
 
@@ -19,3 +20,12 @@ def test_decay_spares_norms_biases_token_embeddings_and_lm_head_as_released(tiny
     for word in ("lm_head", "embed_tokens", "norm", "bias"):
         assert not any(word in n for n in decayed), word
         assert any(word in n for n in kept), word
+
+
+def test_a_stage_that_epochs_end_before_max_steps_says_so():
+    from dragonfly.train.trainer import epochs_cap
+
+    capped = load_stage(load_profile("tiny"), "general2", ["max_steps=1200", "epochs=4", "global_batch=8"])
+    note = epochs_cap(capped, 960)
+    assert note is not None and "runs 480 steps, not max_steps=1200" in note and "raise epochs" in note
+    assert epochs_cap(load_stage(load_profile("tiny"), "general2", ["max_steps=100", "global_batch=8"]), 960) is None

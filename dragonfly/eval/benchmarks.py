@@ -275,6 +275,16 @@ def _registry() -> dict[str, BenchmarkSpec]:
             require_images=True,
             reference="Table 1; lmms-eval scienceqa_img (image questions only)",
         ),
+        # The whole test split, questions without an image sent as text (docs/metrics.md: the
+        # paper's "4,114 samples" is neither this set nor the image subset).
+        _lmms(
+            "scienceqa",
+            "ScienceQA (every test question)",
+            "scienceqa",
+            (ScoreGroup(("mcq",), "mcq"),),
+            "accuracy",
+            reference="ScienceQA test, image and text-only questions (lmms-eval scienceqa_full)",
+        ),
         _lmms(
             "chartqa",
             "ChartQA",

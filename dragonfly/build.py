@@ -37,6 +37,7 @@ def make_processor(config: DragonflyConfig, tokenizer, image_mean=CLIP_MEAN, ima
         medium_grids=config.medium_grids,
         high_grids=config.high_grids,
         resize_mode=config.resize_mode,
+        region_rule=config.region_rule,
         image_mean=image_mean,
         image_std=image_std,
     )

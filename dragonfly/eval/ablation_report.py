@@ -57,9 +57,10 @@ PAPER_TABLES: tuple[PaperTable, ...] = (
     ),
     PaperTable(
         "Table 5 — zoom-in selection strategy",
-        ("dragonfly_global", "dragonfly_region", "dragonfly_least_similar"),
+        ("dragonfly_global", "dragonfly_region", "dragonfly_index_block", "dragonfly_least_similar"),
         "Global: each medium summary scores all high tiles, 12 kept overall; region: "
-        "each medium tile keeps its 3 most similar high tiles; least similar (ours, not "
+        "each medium tile keeps its 3 most similar high tiles; index block: the same with the "
+        "released code's regions (the i-th block of 6 consecutive high tiles); least similar (ours, not "
         "in the paper): each medium tile keeps its 3 least similar high tiles.",
     ),
     PaperTable(
@@ -149,6 +150,8 @@ def _layout_label(layout: Mapping) -> str:
     parts = [f"strategy {layout.get('strategy', 'region')}"]
     if layout.get("select_order", "most_similar") != "most_similar":
         parts.append(f"keeps {layout['select_order'].replace('_', ' ')}")
+    if layout.get("region_rule", "spatial") != "spatial":
+        parts.append(f"regions {layout['region_rule'].replace('_', ' ')}")
     if "medium_grids" in layout:
         parts.append(f"medium {grids(layout['medium_grids'])}")
     if layout.get("high_grids"):

@@ -70,6 +70,7 @@ class DragonflyConfig(PreTrainedConfig):
     vision_feature_layer: int = _LAYOUT.vision_feature_layer
     keep_cls: bool = _LAYOUT.keep_cls
     resize_mode: str = _LAYOUT.resize_mode
+    region_rule: str = _LAYOUT.region_rule
     recompute_kept_tiles: bool = True
     tie_word_embeddings: bool = False
 
@@ -110,6 +111,7 @@ class DragonflyConfig(PreTrainedConfig):
             medium_grids=tuple(tuple(g) for g in self.medium_grids),
             high_grids=tuple(tuple(g) for g in self.high_grids),
             resize_mode=self.resize_mode,
+            region_rule=self.region_rule,
         )
 
     @property

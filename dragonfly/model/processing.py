@@ -25,6 +25,7 @@ from dragonfly.model.constants import CLIP_MEAN, CLIP_STD, PAPER_HIGH, PAPER_MED
 Grid = tuple[int, int]  # (columns, rows)
 
 RESIZE_MODES = ("stretch", "pad")
+REGION_RULES = ("spatial", "index_block")
 
 
 def select_grid(size: tuple[int, int], grids: Sequence[Grid], tile_size: int = 224) -> Grid:
@@ -59,11 +60,20 @@ def refines(high: Grid, medium: Grid) -> bool:
     return high[0] % medium[0] == 0 and high[1] % medium[1] == 0
 
 
-def region_map(medium: Grid, high: Grid) -> torch.Tensor:
-    """For each medium tile (row-major), the row-major indices of the high tiles inside it.
+def region_map(medium: Grid, high: Grid, rule: str = "spatial") -> torch.Tensor:
+    """For each medium tile (row-major), the row-major indices of its candidate high tiles:
+    the high tiles inside it (``spatial``), or the i-th block of ``s`` consecutive ones
+    (``index_block``, the released code; the true region only when the high grid's rows
+    are whole blocks of it, e.g. never for a (2, 2) medium grid).
 
     Returns a ``[Nm, s]`` long tensor, each row sorted ascending, ``s = Nh / Nm``.
     """
+    if rule == "index_block":
+        num_medium, num_high = medium[0] * medium[1], high[0] * high[1]
+        size = num_high // num_medium
+        return torch.arange(num_medium * size, dtype=torch.long).view(num_medium, size)
+    if rule != "spatial":
+        raise ValueError(f"region_rule must be one of {REGION_RULES}, got {rule!r}")
     if not refines(high, medium):
         raise ValueError(f"high grid {high} does not refine medium grid {medium}")
     (mc, mr), (hc, hr) = medium, high
@@ -91,6 +101,7 @@ class TilingSpec:
     medium_grids: tuple[Grid, ...] = PAPER_MEDIUM
     high_grids: tuple[Grid, ...] = PAPER_HIGH
     resize_mode: str = "stretch"
+    region_rule: str = "spatial"
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
 
@@ -99,6 +110,8 @@ class TilingSpec:
         object.__setattr__(self, "high_grids", tuple(tuple(g) for g in self.high_grids))
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.region_rule not in REGION_RULES:
+            raise ValueError(f"region_rule must be one of {REGION_RULES}, got {self.region_rule!r}")
         if self.tile_size <= 0:
             raise ValueError(f"tile_size must be positive, got {self.tile_size}")
         if not self.medium_grids:
@@ -106,7 +119,7 @@ class TilingSpec:
         grid_tiles(self.medium_grids)
         if self.high_grids:
             grid_tiles(self.high_grids)
-            for medium in self.medium_grids:
+            for medium in self.medium_grids if self.region_rule == "spatial" else ():
                 if not any(refines(h, medium) for h in self.high_grids):
                     raise ValueError(
                         f"no high grid in {list(self.high_grids)} refines medium grid {medium}: "
@@ -131,11 +144,12 @@ class TilingSpec:
         return 1 + self.num_medium + self.num_high
 
     def choose_grids(self, size: tuple[int, int]) -> tuple[Grid, Grid | None]:
-        """Medium grid by the best-resolution rule, then the best high grid refining it."""
+        """Medium grid by the best-resolution rule, then the best high grid refining it
+        (``spatial``) or the best of all (``index_block``: the released code's choice)."""
         medium = select_grid(size, self.medium_grids, self.tile_size)
         if not self.high_grids:
             return medium, None
-        candidates = [g for g in self.high_grids if refines(g, medium)]
+        candidates = [g for g in self.high_grids if self.region_rule != "spatial" or refines(g, medium)]
         return medium, select_grid(size, candidates, self.tile_size)
 
 
@@ -245,7 +259,7 @@ def tile_image(image: Image.Image, spec: TilingSpec, out: torch.Tensor | None = 
     scale = torch.tensor([1 / (255.0 * s) for s in spec.image_std]).view(3, 1, 1)
     shift = torch.tensor([-m / s for m, s in zip(spec.image_mean, spec.image_std, strict=True)]).view(3, 1, 1)
     out.mul_(scale).add_(shift)  # (x / 255 - mean) / std, in place
-    regions = region_map(medium, high) if high else torch.zeros(spec.num_medium, 0, dtype=torch.long)
+    regions = region_map(medium, high, spec.region_rule) if high else torch.zeros(spec.num_medium, 0, dtype=torch.long)
     return {
         "pixel_values": out,
         "medium_grid": medium,

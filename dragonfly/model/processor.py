@@ -61,6 +61,7 @@ class DragonflyImageProcessor(BaseImageProcessor):
         medium_grids: Sequence = PAPER_MEDIUM,
         high_grids: Sequence = PAPER_HIGH,
         resize_mode: str = "stretch",
+        region_rule: str = "spatial",
         image_mean: Sequence[float] = CLIP_MEAN,
         image_std: Sequence[float] = CLIP_STD,
         **kwargs,
@@ -70,6 +71,7 @@ class DragonflyImageProcessor(BaseImageProcessor):
         self.medium_grids = [list(g) for g in medium_grids]
         self.high_grids = [list(g) for g in high_grids]
         self.resize_mode = resize_mode
+        self.region_rule = region_rule
         self.image_mean = list(image_mean)
         self.image_std = list(image_std)
         _ = self.spec  # validate now, not at the first image
@@ -81,6 +83,7 @@ class DragonflyImageProcessor(BaseImageProcessor):
             medium_grids=tuple(tuple(g) for g in self.medium_grids),
             high_grids=tuple(tuple(g) for g in self.high_grids),
             resize_mode=self.resize_mode,
+            region_rule=self.region_rule,
             image_mean=tuple(self.image_mean),
             image_std=tuple(self.image_std),
         )

@@ -24,6 +24,10 @@ class Layout:
     vision_feature_layer: int = -2
     keep_cls: bool = True
     resize_mode: str = "stretch"
+    # spatial (ours): a medium tile's candidates are the high tiles inside it, the high grid
+    # refining the medium one; index_block (the released code, paper Eq. 2): the i-th block
+    # of s consecutive high tiles in row-major order, the high grid chosen on its own.
+    region_rule: str = "spatial"
 
 
 LAYOUT_KEYS = tuple(f.name for f in dataclasses.fields(Layout))  # what an ablation or stage may change

@@ -37,6 +37,7 @@ TOKENS = {
     "dragonfly_region": 306,
     "dragonfly_global": 306,
     "dragonfly_least_similar": 306,
+    "dragonfly_index_block": 306,
     "high_4x4": 306,
     "high_6x8": 306,
 }
@@ -47,6 +48,7 @@ ENCODED = {
     "dragonfly_region": 29,
     "dragonfly_global": 29,
     "dragonfly_least_similar": 29,
+    "dragonfly_index_block": 29,
     "high_4x4": 21,
     "high_6x8": 53,
 }

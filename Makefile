@@ -56,4 +56,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_processing.py
 
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) $(SKY_VENV) outputs

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -114,12 +113,6 @@ def ablation_figure(variants: Mapping[str, Mapping], benchmark: str, metrics: Se
         ax.set_title(f"{benchmark}: {metric}", fontsize=9)
     fig.suptitle("Ablation: accuracy against visual tokens per image", fontsize=10)
     return fig
-
-
-def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
-    out = io.BytesIO()
-    fig.savefig(out, format="png", dpi=dpi)
-    return out.getvalue()
 
 
 def markdown_image(path: str | Path, alt: str) -> str:

@@ -158,7 +158,7 @@ def unset_secrets(names, environ=os.environ) -> list[str]:
     return [name for name in names if name not in environ]
 
 
-def launch(target: SkyTarget, argv: list[str]) -> int:
+def launch(argv: list[str]) -> int:
     result = _sky(argv, timeout=3600)  # uploads the checkout and starts the controller
     if result.returncode != 0:
         raise SkyJobError(f"sky jobs launch failed: {_last_line(result)}", hint="`sky check` lists the usable clouds")
@@ -217,7 +217,7 @@ def run_job(
     else:
         argv = launch_argv(target, task_file, name, envs, nodes, secrets)
         log(f"launching: {shlex.join(argv)}")
-        job_id = launch(target, argv)
+        job_id = launch(argv)
     return wait(job_id, name, status_of, log, poll=target.poll_seconds)
 
 

@@ -53,6 +53,8 @@ class ZoomView:
     def rule(self) -> str:
         if self.kept is None:
             return "no selection: every high tile is kept"
+        if self.strategy == "random":
+            return f"random selection (a control, no scores), {self.k} per medium tile"
         per = f"{self.k} per medium tile" if self.strategy == "region" else f"{len(self.kept)} over the whole grid"
         return f"{self.strategy} selection, {self.order.replace('_', ' ')}, {per}"
 
@@ -158,7 +160,7 @@ def _mosaic(ax, view: ZoomView) -> None:
         label = "–" if math.isnan(score) else f"{score:.2f}"
         ax.text(left + 0.5, top + 1.02, label, ha="center", va="top", fontsize=7,
                 color="black" if i in kept else "#888888", fontweight="bold" if i in kept else "normal")  # fmt: skip
-    if view.strategy == "region":  # each medium tile's candidates, where its choice is made
+    if view.strategy in ("region", "random"):  # each medium tile's candidates, where its choice is made
         for region in view.regions:
             c = [i % cols for i in region]
             r = [i // cols for i in region]

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 
 from dragonfly.model.processing import region_map
-from dragonfly.model.zoom import select_tiles
+from dragonfly.model.zoom import select_tiles, tile_scores
 
 PAIRS = [((2, 2), (6, 4)), ((2, 2), (4, 6)), ((1, 4), (3, 8)), ((4, 1), (8, 3)), ((2, 2), (4, 4)), ((1, 4), (4, 12))]
 
@@ -127,3 +127,26 @@ def test_bad_arguments_are_named():
         select_tiles(mid, high, regions, 3, "region", "random")
     with pytest.raises(ValueError, match="expects"):
         select_tiles(mid[0], high, regions, 3, "region")
+
+
+def test_random_selection_is_uniform_per_region_and_ignores_scores():
+    # The control: k of each region's s tiles, every tile equally often, whatever the scores.
+    regions = region_map((2, 2), (6, 4))[None].expand(2, -1, -1)
+    mid, high = torch.randn(2, 4, 8), torch.randn(2, 24, 8)
+    torch.manual_seed(0)
+    counts = torch.zeros(24)
+    trials = 3000
+    for _ in range(trials):
+        kept = select_tiles(mid, high, regions, 3, "random")
+        assert kept.shape == (2, 12) and (kept.diff(dim=1) > 0).all()
+        for b in range(2):  # exactly 3 from each region
+            assert [sum(int(t) in regions[b, m].tolist() for t in kept[b]) for m in range(4)] == [3] * 4
+        counts.index_add_(0, kept[0], torch.ones(12))
+    share = counts / trials  # each tile's keep rate: k / s = 0.5
+    assert (share - 0.5).abs().max() < 0.05, share
+    # The scores play no part: a different selection than the scored rule, seeded the same.
+    torch.manual_seed(1)
+    first = select_tiles(mid, high, regions, 3, "random")
+    torch.manual_seed(1)
+    assert torch.equal(first, select_tiles(mid * 100, -high, regions, 3, "random"))
+    assert tile_scores(mid, high, regions, "random").isnan().all()

@@ -11,6 +11,10 @@ of the medium tiles with those of the high tiles by dot product:
   entire high-resolution set"; max-over-queries is the reading that always yields 12
   distinct tiles.)
 
+* ``random`` (a control, ours): k of each region's s high tiles uniformly at random, from
+  torch's global generator (the trainer seeds it; evaluation forks and seeds it), so
+  any gain of a scored rule over it is the scores' doing.
+
 ``order`` says which end of the ranking is kept. ``most_similar`` is the paper's rule.
 ``least_similar`` is our extension: on sparse fine detail (the synthetic benchmark) the
 medium summary is dominated by background, so the most similar high tiles are background
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-STRATEGIES = ("region", "global", "none")
+STRATEGIES = ("region", "global", "random", "none")
 ORDERS = ("most_similar", "least_similar")
 
 
@@ -48,7 +52,7 @@ def select_tiles(
         high_summary: ``[B, Nh, D]`` high-tile summaries.
         regions: ``[B, Nm, s]`` long, the high-tile indices inside each medium tile.
         k: tiles kept per medium tile (``Nm * k`` kept in all).
-        strategy: ``"region"`` or ``"global"``.
+        strategy: ``"region"``, ``"global"`` or ``"random"``.
         order: ``"most_similar"`` (paper) or ``"least_similar"``.
 
     Returns:
@@ -78,8 +82,11 @@ def select_tiles(
                 raise ValueError(f"global selection of {num_mid * k} tiles from only {num_high}")
             best_match = scores.max(dim=1).values  # each high tile's closest medium summary
             kept = (sign * best_match).topk(num_mid * k, dim=1).indices
+        elif strategy == "random":
+            noise = torch.rand(regions.shape, device=regions.device)  # [B, Nm, s]
+            kept = torch.gather(regions, 2, noise.topk(k, dim=2).indices).reshape(batch, num_mid * k)
         else:
-            raise ValueError(f"unknown selection strategy {strategy!r}; expected 'region' or 'global'")
+            raise ValueError(f"unknown selection strategy {strategy!r}; expected 'region', 'global' or 'random'")
     return kept.sort(dim=1).values
 
 
@@ -94,8 +101,11 @@ def tile_scores(
         ``[B, Nh]`` float: ``region``, the dot product with the medium tile whose region
         holds the tile (NaN for a tile in no region); ``global``, its best dot product over
         the medium tiles. The kept tiles are the top (``most_similar``) or bottom k of each
-        region by this score, or of the whole grid for ``global``.
+        region by this score, or of the whole grid for ``global``; ``random`` ranks by
+        no score, so every tile's is NaN.
     """
+    if strategy == "random":
+        return torch.full(high_summary.shape[:2], float("nan"), device=high_summary.device)
     scores = torch.einsum("bmd,bhd->bmh", mid_summary.float(), high_summary.float())  # [B, Nm, Nh]
     if strategy == "global":
         return scores.max(dim=1).values

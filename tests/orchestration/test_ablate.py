@@ -38,6 +38,7 @@ TOKENS = {
     "dragonfly_global": 306,
     "dragonfly_least_similar": 306,
     "dragonfly_index_block": 306,
+    "dragonfly_random": 306,
     "high_4x4": 306,
     "high_6x8": 306,
 }
@@ -49,6 +50,7 @@ ENCODED = {
     "dragonfly_global": 29,
     "dragonfly_least_similar": 29,
     "dragonfly_index_block": 29,
+    "dragonfly_random": 29,
     "high_4x4": 21,
     "high_6x8": 53,
 }

@@ -30,9 +30,18 @@ def dragonfly_config(vision_cfg, text_cfg, image_token_id: int, layout: Layout) 
         raise ConfigError(f"model.layout: {err}") from None
 
 
-def make_processor(config: DragonflyConfig, tokenizer, image_mean=CLIP_MEAN, image_std=CLIP_STD) -> DragonflyProcessor:
+def make_processor(
+    config: DragonflyConfig,
+    tokenizer,
+    image_mean=CLIP_MEAN,
+    image_std=CLIP_STD,
+    *,
+    reuse_resized: bool = True,
+    image_position: str = "inline",
+) -> DragonflyProcessor:
     """The processor that matches ``config``: same tiling, same image sequence length."""
     image_processor = DragonflyImageProcessor(
+        reuse_resized=reuse_resized,
         tile_size=config.tile_size,
         medium_grids=config.medium_grids,
         high_grids=config.high_grids,
@@ -41,7 +50,9 @@ def make_processor(config: DragonflyConfig, tokenizer, image_mean=CLIP_MEAN, ima
         image_mean=image_mean,
         image_std=image_std,
     )
-    return DragonflyProcessor(image_processor, tokenizer, image_seq_length=config.image_seq_length)
+    return DragonflyProcessor(
+        image_processor, tokenizer, image_seq_length=config.image_seq_length, image_position=image_position
+    )
 
 
 def build_tiny(spec: TinySpec | None = None, layout: Layout | None = None, seed: int = 0, corpus: Sequence[str] = ()):
@@ -80,12 +91,17 @@ def _vision_backbone(path: str, dtype: torch.dtype):
     cfg = AutoConfig.from_pretrained(path)
     vision_cfg = getattr(cfg, "vision_config", cfg)
     tower = load_strict(AutoModel, path, DUAL_ENCODER_UNUSED, config=vision_cfg, dtype=dtype)
+    return tower, vision_cfg, *pixel_stats(path)
+
+
+def pixel_stats(path: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of a vision checkpoint's image processor; CLIP's when it has none."""
     mean, std = CLIP_MEAN, CLIP_STD
     preprocessor = Path(path) / "preprocessor_config.json"
     if preprocessor.is_file():  # a hub id resolves through the cache; local dirs are read directly
         meta = json.loads(preprocessor.read_text())
         mean, std = tuple(meta.get("image_mean", mean)), tuple(meta.get("image_std", std))
-    return tower, vision_cfg, mean, std
+    return mean, std
 
 
 def build_from_backbones(vision: str, llm: str, layout: Layout | None = None, dtype: str = "float32", seed: int = 0):

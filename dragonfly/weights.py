@@ -7,6 +7,7 @@ load of a Dragonfly checkpoint or a backbone goes through :func:`load_strict` in
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -67,3 +68,19 @@ def load_strict(auto_class, path: str | Path, allowed_unexpected: tuple[str, ...
             logging.enable_progress_bar()
     check_loading_info(path, info, allowed_unexpected)
     return model
+
+
+@contextlib.contextmanager
+def hf_bars(enabled: bool):
+    """transformers draws a bar of its own in ``save_pretrained`` ("Writing model shards"):
+    off when the stage shows none, so a log file stays free of bars."""
+    from transformers.utils import logging as hf_logging
+
+    switch = hf_logging.is_progress_bar_enabled() and not enabled
+    if switch:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if switch:
+            hf_logging.enable_progress_bar()

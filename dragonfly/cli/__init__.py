@@ -110,6 +110,26 @@ def predict(
         print(result.text)
 
 
+@app.command("convert-released")
+def convert_released(
+    src: Path = typer.Argument(..., help="A released Dragonfly checkpoint folder (config.json, weights, tokenizer)."),
+    dst: Path = typer.Argument(..., help="Folder to write the converted model and processor to."),
+    vision: Path | None = typer.Option(
+        None, help="Local CLIP folder, when the checkpoint's image_encoder is a hub id (it names the tower)."
+    ),
+    force: bool = typer.Option(False, help="Replace DST if it is not empty."),
+):
+    """Convert a released checkpoint (togethercomputer/Llama-3-8B-Dragonfly-v1, -Med-v1) into
+    this project's layout, in the released-compatible mode (docs/released.md)."""
+    from dragonfly.released import convert
+
+    done = convert(src, dst, vision, force)
+    console.print(
+        f"[green]wrote[/] {done.out}: {done.parameters:,} parameters ({done.dtype}; vision tower from "
+        f"{done.vision_from}), released-compatible mode; try `dragonfly predict --model {done.out} ...`"
+    )
+
+
 @app.command()
 def prepare(
     params: Path = ParamsOption,

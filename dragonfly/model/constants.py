@@ -7,6 +7,8 @@ IGNORE_INDEX = -100  # label of a position the loss skips (PyTorch's cross-entro
 # as (columns, rows).
 PAPER_MEDIUM = ((2, 2), (1, 4), (4, 1))
 PAPER_HIGH = ((6, 4), (4, 6), (3, 8), (8, 3))
+# The released code's high set (processing_dragonfly.py) adds two 2×12 strips.
+RELEASED_HIGH = (*PAPER_HIGH, (2, 12), (12, 2))
 
 # CLIP's pixel statistics (openai/clip-vit-*), used by the tiny tower too.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

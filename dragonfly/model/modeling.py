@@ -9,8 +9,10 @@ Data flows one way (paper Fig. 1):
 3. Summaries (mean projected token) of medium and high tiles drive the selection
    (:func:`dragonfly.model.zoom.select_tiles`); ``Nm * k`` high tiles are kept.
 4. The image sequence is low, medium (row-major), kept high (row-major), each tile's
-   tokens followed by one learned separator embedding; it replaces the image
-   placeholder tokens in the text embeddings, and the LLM does the rest.
+   tokens followed by one separator: a learned embedding, or, with
+   ``separator_token_id`` set, that token's LLM embedding (the released checkpoints use
+   ``<|reserved_special_token_1|>``). It replaces the image placeholder tokens in the
+   text embeddings, and the LLM does the rest.
 
 All counts (tiles kept, tokens per tile, image sequence length) come from
 :class:`DragonflyConfig` properties, in one place.
@@ -72,6 +74,9 @@ class DragonflyConfig(PreTrainedConfig):
     resize_mode: str = _LAYOUT.resize_mode
     region_rule: str = _LAYOUT.region_rule
     recompute_kept_tiles: bool = True
+    # None: a learned separator after each tile (projector.separator); a token id: that
+    # token's embedding from the LLM's table (the released sequence, docs/released.md).
+    separator_token_id: int | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -96,6 +101,11 @@ class DragonflyConfig(PreTrainedConfig):
                 raise ValueError(
                     f"select_k must be in 1..{tiling.region_size} (high tiles per region), got {self.select_k}"
                 )
+        vocab = self.text_config.vocab_size
+        if self.separator_token_id is not None and not 0 <= self.separator_token_id < vocab:
+            raise ValueError(
+                f"separator_token_id {self.separator_token_id} is outside the LLM's vocabulary (0..{vocab - 1})"
+            )
         patch = self.vision_config.patch_size
         if self.tile_size % patch:
             raise ValueError(f"vision image_size {self.tile_size} is not a multiple of patch_size {patch}")
@@ -153,7 +163,8 @@ class DragonflyOutput(ModelOutput):
 
 
 class DragonflyProjector(nn.Module):
-    """Maps vision features to the LLM width; owns the tile separator embedding."""
+    """Maps vision features to the LLM width; owns the learned tile separator, unless the
+    separator is a token of the LLM (``separator_token_id``)."""
 
     def __init__(self, config: DragonflyConfig):
         super().__init__()
@@ -162,7 +173,8 @@ class DragonflyProjector(nn.Module):
             self.proj = nn.Linear(vision_dim, text_dim)
         else:
             self.proj = nn.Sequential(nn.Linear(vision_dim, text_dim), nn.GELU(), nn.Linear(text_dim, text_dim))
-        self.separator = nn.Parameter(torch.zeros(text_dim))
+        learned = config.separator_token_id is None
+        self.separator = nn.Parameter(torch.zeros(text_dim)) if learned else None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.proj(features)
@@ -180,7 +192,7 @@ class DragonflyPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, DragonflyProjector):
+        if isinstance(module, DragonflyProjector) and module.separator is not None:
             nn.init.normal_(module.separator, std=1 / math.sqrt(module.separator.numel()))
 
 
@@ -218,6 +230,13 @@ class DragonflyForConditionalGeneration(DragonflyPreTrainedModel, GenerationMixi
         if self.config.has_cls and not self.config.keep_cls:
             features = features[:, 1:]
         return self.projector(features)
+
+    def tile_separator(self) -> torch.Tensor:
+        """``[D_text]``: what follows each tile's tokens."""
+        if self.projector.separator is not None:
+            return self.projector.separator
+        embed = self.get_input_embeddings()
+        return embed(torch.tensor(self.config.separator_token_id, device=embed.weight.device))
 
     def _vision_trainable(self) -> bool:
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.vision_tower.parameters())
@@ -281,7 +300,7 @@ class DragonflyForConditionalGeneration(DragonflyPreTrainedModel, GenerationMixi
                 else:
                     kept_tokens = torch.gather(high, 1, kept[:, :, None, None].expand(-1, -1, *high.shape[2:]))
                 tiles = torch.cat([base, kept_tokens], dim=1)
-        separator = self.projector.separator.to(tiles.dtype).expand(num_images, tiles.shape[1], 1, -1)
+        separator = self.tile_separator().to(tiles.dtype).expand(num_images, tiles.shape[1], 1, -1)
         sequence = torch.cat([tiles, separator], dim=2).flatten(1, 2)
         return sequence, kept
 

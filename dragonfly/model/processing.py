@@ -104,6 +104,10 @@ class TilingSpec:
     region_rule: str = "spatial"
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
+    # Resize a smaller resolution from a larger one already made (faster, < 1 grey level
+    # off, :func:`_resized_sources`); False resizes each from the image itself, as the
+    # released processor does (converted checkpoints see their training pixels exactly).
+    reuse_resized: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "medium_grids", tuple(tuple(g) for g in self.medium_grids))
@@ -178,7 +182,7 @@ def letterbox(image: Image.Image, aspect: float, fill: tuple[int, int, int]) -> 
     return canvas
 
 
-def _resized_sources(image: Image.Image, sizes: list[tuple[int, int]]) -> list[Image.Image]:
+def _resized_sources(image: Image.Image, sizes: list[tuple[int, int]], reuse: bool = True) -> list[Image.Image]:
     """Resize ``image`` to each size, largest first, each from the smallest image made so
     far that still covers the target in both axes.
 
@@ -186,8 +190,11 @@ def _resized_sources(image: Image.Image, sizes: list[tuple[int, int]]) -> list[I
     differs from the direct one by well under one grey level (measured ≤ 0.6/255 on the
     benchmark photos) and halves the time on large photos, whose full-size resample
     dominates the processor's cost. In ``stretch`` geometry every resolution maps the whole
-    image onto the whole canvas, so the content mapping is unchanged.
+    image onto the whole canvas, so the content mapping is unchanged. ``reuse=False``
+    resizes each from ``image``.
     """
+    if not reuse:
+        return [image.resize(size, Image.Resampling.BICUBIC) for size in sizes]
     order = sorted(range(len(sizes)), key=lambda i: -sizes[i][0] * sizes[i][1])
     made: list[Image.Image] = [image]
     out: list[Image.Image | None] = [None] * len(sizes)
@@ -244,7 +251,7 @@ def tile_image(image: Image.Image, spec: TilingSpec, out: torch.Tensor | None = 
         out = torch.empty(spec.num_tiles, 3, tile, tile)
     start = 0
     for resized, (cols, rows) in zip(
-        _resized_sources(image, [(c * tile, r * tile) for c, r in grids]), grids, strict=True
+        _resized_sources(image, [(c * tile, r * tile) for c, r in grids], spec.reuse_resized), grids, strict=True
     ):
         # Per channel, [rows*R, cols*R] uint8 → [rows*cols, R, R] float: the tiles are cut
         # by a view and the copy into `out` does the cast. Splitting channels first keeps

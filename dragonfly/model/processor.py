@@ -5,7 +5,10 @@
 * :class:`DragonflyProcessor` renders conversations with a Llama-3 chat template,
   expands every ``<image>`` placeholder into ``image_seq_length`` image tokens at the id
   level, pads (left by default, for generation) and builds training labels that are
-  ``-100`` everywhere except the assistant replies.
+  ``-100`` everywhere except the assistant replies. ``image_position="first"`` moves the
+  image blocks to the front of the sequence, before the BOS, as the released Dragonfly
+  processor builds it (``docs/released.md``); the newline that follows a placeholder in
+  the text (``"<image>\n"``) goes with it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from transformers.image_processing_utils import BaseImageProcessor
 from dragonfly.model.constants import CLIP_MEAN, CLIP_STD, IGNORE_INDEX, IMAGE_TOKEN, PAPER_HIGH, PAPER_MEDIUM
 from dragonfly.model.images import load_image
 from dragonfly.model.processing import TilingSpec, tile_image
+
+IMAGE_POSITIONS = ("inline", "first")
 
 # Llama-3 layout; `{% generation %}` marks what the assistant says (and its <|eot_id|>),
 # which is what `return_assistant_tokens_mask` — and so the labels — pick up.
@@ -64,9 +69,11 @@ class DragonflyImageProcessor(BaseImageProcessor):
         region_rule: str = "spatial",
         image_mean: Sequence[float] = CLIP_MEAN,
         image_std: Sequence[float] = CLIP_STD,
+        reuse_resized: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.reuse_resized = reuse_resized
         self.tile_size = tile_size
         self.medium_grids = [list(g) for g in medium_grids]
         self.high_grids = [list(g) for g in high_grids]
@@ -86,6 +93,7 @@ class DragonflyImageProcessor(BaseImageProcessor):
             region_rule=self.region_rule,
             image_mean=tuple(self.image_mean),
             image_std=tuple(self.image_std),
+            reuse_resized=self.reuse_resized,
         )
 
     def __call__(self, images, **kwargs) -> BatchFeature:
@@ -124,30 +132,43 @@ class DragonflyProcessor(ProcessorMixin):
         chat_template=None,
         image_seq_length: int | None = None,
         image_token: str = IMAGE_TOKEN,
+        image_position: str = "inline",
         **kwargs,
     ):
         # The model's count (DragonflyConfig.image_seq_length), saved with the processor;
         # no default, so a processor cannot disagree with its model.
         if image_seq_length is None:
             raise ValueError("image_seq_length is required: pass DragonflyConfig.image_seq_length")
+        if image_position not in IMAGE_POSITIONS:
+            raise ValueError(f"image_position must be one of {IMAGE_POSITIONS}, got {image_position!r}")
         self.image_seq_length = image_seq_length
         self.image_token = image_token
+        self.image_position = image_position
         super().__init__(image_processor, tokenizer, chat_template=chat_template or LLAMA3_CHAT_TEMPLATE)
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(f"tokenizer has no {image_token!r} token; add it as a special token first")
+        newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+        self._newline_id = newline[0] if len(newline) == 1 else None
 
     # -- text + images → model inputs -----------------------------------------------------
     def expand_image_tokens(self, ids: list[int], labels: list[int] | None = None):
-        """Replace each image placeholder id with ``image_seq_length`` copies (labels: -100)."""
-        out_ids, out_labels = [], []
+        """Replace each image placeholder id with ``image_seq_length`` copies (labels: -100);
+        with ``image_position="first"`` those blocks go, in order, before everything else."""
+        images, text = ([], []), ([], [])
+        first = self.image_position == "first"
         for i, tok in enumerate(ids):
+            if first and tok == self._newline_id and i and ids[i - 1] == self.image_token_id:
+                continue  # the placeholder's own line break leaves with it
+            inline = tok != self.image_token_id or not first
+            out_ids, out_labels = text if inline else images
             if tok == self.image_token_id:
                 out_ids.extend([tok] * self.image_seq_length)
                 out_labels.extend([IGNORE_INDEX] * self.image_seq_length)
             else:
                 out_ids.append(tok)
                 out_labels.append(labels[i] if labels is not None else tok)
+        out_ids, out_labels = images[0] + text[0], images[1] + text[1]
         return out_ids, (out_labels if labels is not None else None)
 
     def _check_image_count(self, ids_per_text: list[list[int]], num_images: int) -> None:

@@ -41,7 +41,7 @@ from dragonfly.model.specs import TinySpec
 from dragonfly.model.tiny import vision_config
 from dragonfly.train.config import BackbonePretrainConfig
 from dragonfly.train.deepspeed import unprobed
-from dragonfly.train.state import hf_bars
+from dragonfly.weights import hf_bars
 
 
 def tile_dataset(

@@ -31,8 +31,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dragonfly import safe_load
 from dragonfly.errors import CheckpointError  # noqa: F401  (re-exported: raised here, caught by the trainer)
-from dragonfly.train import safe_load
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dragonfly.train import safe_load
+from dragonfly import safe_load
 from dragonfly.train.checkpoint import DEEPSPEED_DIR, CheckpointError
 
 MODEL = "model.safetensors"
@@ -219,19 +219,3 @@ def _torch_save_hashed(obj, path: Path) -> str:
         writer = _HashingWriter(fh)
         torch.save(obj, writer)
     return writer.digest.hexdigest()
-
-
-@contextlib.contextmanager
-def hf_bars(enabled: bool):
-    """transformers draws a bar of its own in ``save_pretrained`` ("Writing model shards"):
-    off when the stage shows none, so a log file stays free of bars."""
-    from transformers.utils import logging as hf_logging
-
-    switch = hf_logging.is_progress_bar_enabled() and not enabled
-    if switch:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if switch:
-            hf_logging.enable_progress_bar()

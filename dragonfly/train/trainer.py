@@ -30,6 +30,7 @@ from dragonfly.train.data import Collator, ConversationDataset, StepBatches
 from dragonfly.train.deepspeed import engine_of, make_accelerator, unprobed
 from dragonfly.train.parts import param_groups, set_trainable, start_model
 from dragonfly.train.step import Window, all_finite, apply_step, to_device, weights_finite
+from dragonfly.weights import hf_bars
 
 
 class TrainingError(DragonflyError):
@@ -279,7 +280,7 @@ def train_stage(
     final = out / "final"
     if main:
         # unprobed: save_pretrained unwraps through accelerate, which imports DeepSpeed (a no-op in DeepSpeed runs).
-        with atomic_dir(final) as tmp, state.hf_bars(report.bar is not None), unprobed():
+        with atomic_dir(final) as tmp, hf_bars(report.bar is not None), unprobed():
             state.unwrap(accelerator, model).save_pretrained(tmp, state_dict=state.model_state_dict(accelerator, model))
             processor.save_pretrained(tmp)
         if fingerprint is not None:

@@ -19,8 +19,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from dragonfly import safe_load
 from dragonfly.errors import DragonflyError
-from dragonfly.train import checkpoint, safe_load
+from dragonfly.train import checkpoint
 from dragonfly.train.checkpoint import CheckpointError
 from dragonfly.train.trainer import TrainingError
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from dragonfly.train import safe_load
+from dragonfly import safe_load
 from dragonfly.train.checkpoint import DEEPSPEED_DIR
 
 pytest.importorskip("deepspeed")

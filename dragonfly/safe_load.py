@@ -1,4 +1,4 @@
-"""The one way training code reads a torch-pickle file: ``torch.load(weights_only=True)``.
+"""The one way the project reads a torch-pickle file (checkpoints, released weights): ``torch.load(weights_only=True)``.
 
 A checkpoint folder is data, not code: whoever can write to it must not be able to run
 anything on resume. ``weights_only=True`` unpickles tensors, containers and plain types
@@ -11,9 +11,13 @@ they are allowed for files under a checkpoint's ``deepspeed/`` folder, and nowhe
 from __future__ import annotations
 
 import functools
+import pickle
 from pathlib import Path
 
 import torch
+
+# What torch raises when a file holds anything ``weights_only`` refuses.
+Refused = pickle.UnpicklingError
 
 # Suffixes of the formats that may hold a pickle; any such file in a checkpoint is checked
 # (or refused when the trainer did not write it), whatever its content claims to be.
@@ -47,11 +51,11 @@ def refusal(path: Path, deepspeed: bool = False) -> str | None:
     try:
         load(path, deepspeed=deepspeed, mmap=True)
     except Exception as err:  # noqa: BLE001 — any failure means "not loadable safely"
-        return f"{path.name} cannot be read without arbitrary unpickling ({_reason(err)})"
+        return f"{path.name} cannot be read without arbitrary unpickling ({reason(err)})"
     return None
 
 
-def _reason(err: Exception) -> str:
+def reason(err: Exception) -> str:
     """The line of torch's long message that says what was refused (e.g. the global's name)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
     telling = [line for line in lines if "GLOBAL" in line or "Unsupported" in line or "mmap" in line]

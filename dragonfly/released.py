@@ -30,7 +30,7 @@ from dragonfly.files import atomic_dir
 from dragonfly.model.constants import IMAGE_TOKEN, PAPER_MEDIUM, RELEASED_HIGH
 from dragonfly.model.modeling import DragonflyConfig, DragonflyForConditionalGeneration
 from dragonfly.model.specs import Layout
-from dragonfly.weights import hf_bars
+from dragonfly.weights import hf_bars, unprobed
 
 MODEL_TYPES = ("dragonfly", "fuyu")  # the released config class declares model_type "fuyu"
 SEPARATOR_TOKEN = "<|reserved_special_token_1|>"  # after each tile (IMAGE_NEWLINE_TOKEN)
@@ -248,7 +248,7 @@ def convert(src: str | Path, dst: str | Path, vision: str | Path | None = None, 
     # The released processor resizes every resolution from the image itself and puts the
     # image block before the text and its BOS.
     processor = make_processor(config, tokenizer, *pixel_stats(clip), reuse_resized=False, image_position="first")
-    with atomic_dir(dst) as tmp, hf_bars(sys.stderr.isatty()):
+    with atomic_dir(dst) as tmp, hf_bars(sys.stderr.isatty()), unprobed():
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     return Converted(dst, sum(p.numel() for p in model.parameters()), str(dtype).removeprefix("torch."), vision_from)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from dragonfly.errors import DragonflyError
@@ -84,3 +84,26 @@ def hf_bars(enabled: bool):
     finally:
         if switch:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def unprobed() -> Iterator[None]:
+    """A block that handles no DeepSpeed engine runs without importing DeepSpeed.
+
+    accelerate's ``extract_model_from_parallel``, behind ``Accelerator.unwrap_model`` and
+    transformers' ``save_pretrained``, imports DeepSpeed whenever it is installed only to
+    test ``isinstance(model, DeepSpeedEngine)``: seconds, and a "Setting accelerator to CPU"
+    warning, in runs that never use it. Inside the block that probe says "not installed"; a
+    model in no DeepSpeed engine unwraps the same. Where DeepSpeed is loaded already (its
+    own runs) nothing changes."""
+    import accelerate.utils.other as other
+
+    probe = getattr(other, "is_deepspeed_available", None)
+    if probe is None or "deepspeed" in sys.modules:  # another accelerate layout (then only slower), or paid for
+        yield
+        return
+    other.is_deepspeed_available = lambda: False
+    try:
+        yield
+    finally:
+        other.is_deepspeed_available = probe

@@ -92,7 +92,7 @@ def init_model(
     its processor to ``out``; returns the model's config and its parameter count."""
     from dragonfly.build import build_model
     from dragonfly.train.data import split_texts
-    from dragonfly.train.deepspeed import unprobed
+    from dragonfly.weights import unprobed
 
     settings = load_settings(params, profile, overrides)
     # The same tokenizer the first stage builds: trained on that stage's training split too,

@@ -40,8 +40,7 @@ from dragonfly.model.processing import TilingSpec, tile_grids, tile_image
 from dragonfly.model.specs import TinySpec
 from dragonfly.model.tiny import vision_config
 from dragonfly.train.config import BackbonePretrainConfig
-from dragonfly.train.deepspeed import unprobed
-from dragonfly.weights import hf_bars
+from dragonfly.weights import hf_bars, unprobed
 
 
 def tile_dataset(

@@ -10,10 +10,7 @@ docs/deepspeed.md says how accumulation, clipping and the logged norm match acro
 
 from __future__ import annotations
 
-import contextlib
 import shlex
-import sys
-from collections.abc import Iterator
 
 import torch
 
@@ -100,29 +97,6 @@ def _single_process_env() -> None:
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
     os.environ.setdefault("MASTER_PORT", str(port))
-
-
-@contextlib.contextmanager
-def unprobed() -> Iterator[None]:
-    """A block that handles no DeepSpeed engine runs without importing DeepSpeed.
-
-    accelerate's ``extract_model_from_parallel``, behind ``Accelerator.unwrap_model`` and
-    transformers' ``save_pretrained``, imports DeepSpeed whenever it is installed only to
-    test ``isinstance(model, DeepSpeedEngine)``: seconds, and a "Setting accelerator to CPU"
-    warning, in runs that never use it. Inside the block that probe says "not installed"; a
-    model in no DeepSpeed engine unwraps the same. Where DeepSpeed is loaded already (its
-    own runs) nothing changes."""
-    import accelerate.utils.other as other
-
-    probe = getattr(other, "is_deepspeed_available", None)
-    if probe is None or "deepspeed" in sys.modules:  # another accelerate layout (then only slower), or paid for
-        yield
-        return
-    other.is_deepspeed_available = lambda: False
-    try:
-        yield
-    finally:
-        other.is_deepspeed_available = probe
 
 
 def _env_world() -> int:

@@ -27,10 +27,10 @@ from dragonfly.train import checkpoint, state
 from dragonfly.train.config import StageConfig, stage_dir
 from dragonfly.train.console import StageReport, interactive
 from dragonfly.train.data import Collator, ConversationDataset, StepBatches
-from dragonfly.train.deepspeed import engine_of, make_accelerator, unprobed
+from dragonfly.train.deepspeed import engine_of, make_accelerator
 from dragonfly.train.parts import param_groups, set_trainable, start_model
 from dragonfly.train.step import Window, all_finite, apply_step, to_device, weights_finite
-from dragonfly.weights import hf_bars
+from dragonfly.weights import hf_bars, unprobed
 
 
 class TrainingError(DragonflyError):

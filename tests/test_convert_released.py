@@ -232,6 +232,18 @@ def test_converted_logits_equal_the_released_forward(converted):
     assert isinstance(answer(model, processor, [image], [QUESTION], max_new_tokens=2)[0].text, str)
 
 
+def test_the_transformers_pipeline_runs_the_converted_folder(converted):
+    from transformers import pipeline
+
+    root, _, _ = converted
+    model, processor = load(root / "converted")
+    image = picture((300, 200), 0)
+    ours = answer(model, processor, [image], [QUESTION], max_new_tokens=4)[0].text
+    pipe = pipeline("image-text-to-text", model=str(root / "converted"))
+    message = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": QUESTION}]}]
+    assert ours and pipe(text=message, max_new_tokens=4)[0]["generated_text"][-1]["content"].strip() == ours
+
+
 def test_the_separator_is_the_llm_token_not_a_learned_vector(converted):
     root, _, _ = converted
     model, processor = load(root / "converted")

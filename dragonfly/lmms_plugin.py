@@ -109,8 +109,8 @@ class Dragonfly(lmms):
             doc = self.task_dict[task][split][doc_id] if task in self.task_dict else None
             continuation = target(doc) if callable(target) else target
             prompt = self.processor.build_prompt(self._messages(context, len(images)))
+            prefix = len(self.processor.text_ids(prompt))  # the images are tiled once, below
             with torch.inference_mode():
-                prefix = self.processor(text=[prompt], images=images or None)["input_ids"].shape[1]
                 inputs = self.processor(text=[prompt + continuation], images=images or None)
                 logits = self.model(**inputs).logits[0, prefix - 1 : -1].float()  # [C, V]
             wanted = inputs["input_ids"][0, prefix:]  # [C]

@@ -59,8 +59,15 @@ lls = lm.loglikelihood([
     Instance("loglikelihood", (docs[0]["q"], lambda doc: " zebra crossing", visual, 0, "toy", "test"), idx=1,
              metadata={"task": "toy", "doc_id": 0, "repeats": 1}),
 ])
+# The greedy continuation's log-probability, from one forward written out here.
+prompt = lm.processor.build_prompt([{"role": "user", "content": "<image>\n" + docs[0]["q"]}])
+full = lm.processor(text=[prompt + greedy_text], images=[image])
+with torch.no_grad():
+    logp = lm.model(**full).logits[0].float().log_softmax(-1)
+ids = full["input_ids"][0]
+expected = float(sum(logp[i - 1, ids[i]] for i in range(prompt_len, len(ids))))
 print(json.dumps({"class": f"{cls.__module__}.{cls.__name__}", "answers": answers, "direct": direct,
-                  "lls": lls, "greedy": greedy_text}))
+                  "lls": lls, "greedy": greedy_text, "expected": expected}))
 """
 
 
@@ -92,3 +99,4 @@ def test_lmms_eval_finds_dragonfly_and_answers_two_requests_of_each_kind(lmms_si
     (greedy_lp, greedy_hit), (other_lp, other_hit) = result["lls"]
     assert greedy_hit is True and other_hit is False  # the continuation greedy decoding gives, and one it does not
     assert greedy_lp <= 0.0 and other_lp < greedy_lp
+    assert abs(greedy_lp - result["expected"]) < 1e-4  # every continuation token, no more, no fewer

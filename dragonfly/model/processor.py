@@ -171,6 +171,11 @@ class DragonflyProcessor(ProcessorMixin):
         out_ids, out_labels = images[0] + text[0], images[1] + text[1]
         return out_ids, (out_labels if labels is not None else None)
 
+    def text_ids(self, text: str) -> list[int]:
+        """One rendered prompt → the input ids :meth:`__call__` makes of it (each image
+        placeholder expanded), without tiling any image."""
+        return self.expand_image_tokens(self.tokenizer(text, add_special_tokens=False)["input_ids"])[0]
+
     def _check_image_count(self, ids_per_text: list[list[int]], num_images: int) -> None:
         placeholders = sum(ids.count(self.image_token_id) for ids in ids_per_text)
         if placeholders != num_images:

@@ -20,7 +20,7 @@ from dragonfly.train.config import (
 
 # The code each step runs, for its fingerprint: an edit elsewhere (CLI, report, registry)
 # re-runs nothing.
-MODEL_CODE = ("model", "build.py", "weights.py", "inference.py", "config.py")
+MODEL_CODE = ("model", "build.py", "weights.py", "safe_load.py", "inference.py", "config.py")
 TRAIN_CODE = (*MODEL_CODE, "train", "data")
 TOWER_CODE = (
     "train/backbone.py",

@@ -188,7 +188,8 @@ def zoom_recall_command(
     console.print(
         f"{model}: kept {result.kept_glyph_tiles} of {result.glyph_tiles} glyph tiles "
         f"(recall {result.recall:.3f}, chance {result.chance:.3f}, "
-        f"order {net.config.select_order}, {images} images)"
+        f"{'random selection' if net.config.strategy == 'random' else 'order ' + net.config.select_order}, "
+        f"{images} images)"
     )
     console.print_json(json.dumps(result.as_dict()))
 

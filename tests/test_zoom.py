@@ -129,24 +129,26 @@ def test_bad_arguments_are_named():
         select_tiles(mid[0], high, regions, 3, "region")
 
 
-def test_random_selection_is_uniform_per_region_and_ignores_scores():
-    # The control: k of each region's s tiles, every tile equally often, whatever the scores.
-    regions = region_map((2, 2), (6, 4))[None].expand(2, -1, -1)
-    mid, high = torch.randn(2, 4, 8), torch.randn(2, 24, 8)
-    torch.manual_seed(0)
-    counts = torch.zeros(24)
-    trials = 3000
-    for _ in range(trials):
-        kept = select_tiles(mid, high, regions, 3, "random")
-        assert kept.shape == (2, 12) and (kept.diff(dim=1) > 0).all()
-        for b in range(2):  # exactly 3 from each region
-            assert [sum(int(t) in regions[b, m].tolist() for t in kept[b]) for m in range(4)] == [3] * 4
-        counts.index_add_(0, kept[0], torch.ones(12))
-    share = counts / trials  # each tile's keep rate: k / s = 0.5
-    assert (share - 0.5).abs().max() < 0.05, share
-    # The scores play no part: a different selection than the scored rule, seeded the same.
-    torch.manual_seed(1)
-    first = select_tiles(mid, high, regions, 3, "random")
-    torch.manual_seed(1)
-    assert torch.equal(first, select_tiles(mid * 100, -high, regions, 3, "random"))
+def test_random_selection_is_uniform_per_region_fixed_per_image_and_ignores_scores():
+    # The control: k of each region's s tiles, every tile equally often over images, the
+    # same tiles for the same image whatever else is in the batch, and no use of the scores.
+    regions = region_map((2, 2), (6, 4))[None]
+    gen = torch.Generator().manual_seed(0)
+    images = 2000
+    mid, high = torch.randn(images, 4, 8, generator=gen), torch.randn(images, 24, 8, generator=gen)
+    kept = select_tiles(mid, high, regions.expand(images, -1, -1), 3, "random")
+    assert kept.shape == (images, 12) and (kept.diff(dim=1) > 0).all()
+    for region in regions[0]:  # exactly 3 from each region
+        assert (torch.isin(kept, region).sum(1) == 3).all()
+    share = torch.zeros(24).index_add_(0, kept.flatten(), torch.ones(kept.numel())) / images
+    assert (share - 0.5).abs().max() < 0.05, share  # each tile kept half the time: k / s
+    # Fixed per image: alone, or in another batch, the same tiles.
+    assert torch.equal(select_tiles(mid[5:6], high[5:6], regions, 3, "random"), kept[5:6])
+    assert torch.equal(select_tiles(mid[[7, 5]], high[[7, 5]], regions.expand(2, -1, -1), 3, "random")[1], kept[5])
+    # The scores play no part: other medium summaries, the same tiles; and the overlap with
+    # the paper's choice is what chance gives (1.5 of 3 per region).
+    assert torch.equal(select_tiles(-mid, high, regions.expand(images, -1, -1), 3, "random"), kept)
+    paper = select_tiles(mid, high, regions.expand(images, -1, -1), 3, "region")
+    overlap = (kept[:, :, None] == paper[:, None, :]).any(2).float().sum(1).mean() / 4  # per region
+    assert abs(float(overlap) - 1.5) < 0.1, overlap
     assert tile_scores(mid, high, regions, "random").isnan().all()

@@ -77,12 +77,7 @@ def predict(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     conversations = {s.id: messages(s, spec) for s in samples}  # fail on bad prompts up front
     texts: dict[str, str] = {}
-    # A layout that draws at random (the `random` selection control) scores the same on every
-    # run; the caller's generator state is left as it was.
-    import torch  # here: reading metrics back (recompute_metrics) needs no torch
-
-    with torch.random.fork_rng(), tqdm(total=len(samples), desc=spec.name, unit="sample", disable=not progress) as bar:
-        torch.manual_seed(0)
+    with tqdm(total=len(samples), desc=spec.name, unit="sample", disable=not progress) as bar:
         for batch in _batches(samples, batch_size):
             images = [[load_image(root / rel) for rel in s.images] for s in batch]
             limit = max_new_tokens or spec.max_tokens(batch[0].task)

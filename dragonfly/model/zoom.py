@@ -11,9 +11,11 @@ of the medium tiles with those of the high tiles by dot product:
   entire high-resolution set"; max-over-queries is the reading that always yields 12
   distinct tiles.)
 
-* ``random`` (a control, ours): k of each region's s high tiles uniformly at random, from
-  torch's global generator (the trainer seeds it; evaluation forks and seeds it), so
-  any gain of a scored rule over it is the scores' doing.
+* ``random`` (a control, ours): k of each region's s high tiles, ranked by a fixed hash of
+  each tile's summary (:func:`hashed_noise`) instead of its similarity: random with respect
+  to the medium tile, yet a pure function like the others, so the same model and image
+  always keep the same tiles (in ``generate``, in pictures, whatever the batch). Any gain
+  of a scored rule over it is the scores' doing.
 
 ``order`` says which end of the ranking is kept. ``most_similar`` is the paper's rule.
 ``least_similar`` is our extension: on sparse fine detail (the synthetic benchmark) the
@@ -30,6 +32,17 @@ import torch
 
 STRATEGIES = ("region", "global", "random", "none")
 ORDERS = ("most_similar", "least_similar")
+
+
+def hashed_noise(high_summary: torch.Tensor) -> torch.Tensor:
+    """``[B, Nh, D]`` summaries → ``[B, Nh]`` in [0, 1): uniform-looking, fixed per summary.
+
+    The classic ``frac(sin(x) * 43758.5453)`` hash of a projection on a fixed direction,
+    in float64 so bf16 summaries hash as finely as float32 ones.
+    """
+    direction = torch.randn(high_summary.shape[-1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    projected = high_summary.double() @ direction.to(high_summary.device)  # [B, Nh]
+    return torch.frac(torch.sin(projected) * 43758.5453).abs()
 
 
 def summarize(tokens: torch.Tensor) -> torch.Tensor:
@@ -72,6 +85,10 @@ def select_tiles(
     sign = 1.0 if order == "most_similar" else -1.0
     # Selection is a discrete choice: scores carry no gradient, the kept tiles' tokens do.
     with torch.no_grad():
+        if strategy == "random":  # k of each region's s tiles by a hash, not by the scores
+            noise = torch.gather(hashed_noise(high_summary)[:, None].expand(-1, num_mid, -1), 2, regions)  # [B, Nm, s]
+            kept = torch.gather(regions, 2, noise.topk(k, dim=2).indices).reshape(batch, num_mid * k)
+            return kept.sort(dim=1).values
         scores = torch.einsum("bmd,bhd->bmh", mid_summary.float(), high_summary.float())
         if strategy == "region":
             in_region = sign * torch.gather(scores, 2, regions)  # [B, Nm, s]
@@ -82,9 +99,6 @@ def select_tiles(
                 raise ValueError(f"global selection of {num_mid * k} tiles from only {num_high}")
             best_match = scores.max(dim=1).values  # each high tile's closest medium summary
             kept = (sign * best_match).topk(num_mid * k, dim=1).indices
-        elif strategy == "random":
-            noise = torch.rand(regions.shape, device=regions.device)  # [B, Nm, s]
-            kept = torch.gather(regions, 2, noise.topk(k, dim=2).indices).reshape(batch, num_mid * k)
         else:
             raise ValueError(f"unknown selection strategy {strategy!r}; expected 'region', 'global' or 'random'")
     return kept.sort(dim=1).values

@@ -1,4 +1,4 @@
-"""Peak memory and time of `dragonfly convert-released` against the released loader.
+"""Peak memory and time of `dragonfly convert-released` against a plain loader.
 
 A released-layout checkpoint of a mid-size model (Llama 1024 wide × 12 layers, 32k
 vocabulary, a CLIP-B/32-shaped tower; ~0.3 B parameters, fp32) is written once. Then, each
@@ -6,9 +6,9 @@ in a fresh process so the peaks do not mix:
 
 - **ours:** `dragonfly.released.convert` (the model on the meta device, the loaded tensors
   assigned, then saved);
-- **peer:** what the released code does to load it: build `DragonflyForCausalLM`'s parts
-  with their random init (a `CLIPVisionModel`, a `LlamaForCausalLM`, the `nn.Linear`), then
-  `torch.load` the state dict and `load_state_dict` it.
+- **peer:** a plain loader: build `DragonflyForCausalLM`'s parts with their random init (a
+  `CLIPVisionModel`, a `LlamaForCausalLM`, the `nn.Linear`), then `torch.load` the state
+  dict and `load_state_dict` it (`from_pretrained` without `low_cpu_mem_usage`).
 
 Peak RSS is each child's own `getrusage(RUSAGE_SELF).ru_maxrss` at its end. Run:
 `.venv/bin/python benchmarks/bench_convert.py`.

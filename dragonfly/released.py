@@ -116,12 +116,34 @@ def vision_dir(cfg: dict, vision: str | Path | None) -> Path:
 
 
 def weight_files(src: Path) -> list[Path]:
-    """The checkpoint's weight files: safetensors if there are any, else ``pytorch_model*.bin``."""
-    for pattern in ("*.safetensors", "pytorch_model*.bin"):
+    """The checkpoint's weight files: those its index names, else every safetensors file,
+    else every ``pytorch_model*.bin`` (safetensors win when both are there)."""
+    for index, pattern in (
+        ("model.safetensors.index.json", "*.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model*.bin"),
+    ):
+        if (src / index).is_file():
+            names = sorted(set(json.loads((src / index).read_text())["weight_map"].values()))
+            missing = [n for n in names if not (src / n).is_file()]
+            if missing:
+                raise ReleasedCheckpointError(f"{src / index} names {len(missing)} missing file(s): {missing[0]}")
+            return [src / n for n in names]
         found = sorted(src.glob(pattern))
         if found:
             return found
     raise ReleasedCheckpointError(f"{src} holds no weights (*.safetensors or pytorch_model*.bin)")
+
+
+def read_state(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint folder; a name in two files is an error, not a guess."""
+    state: dict[str, torch.Tensor] = {}
+    for file in weight_files(folder):
+        tensors = load_tensors(file)
+        twice = sorted(set(tensors) & set(state))
+        if twice:
+            raise ReleasedCheckpointError(f"{file}: {len(twice)} tensor(s) already read from another file: {twice[0]}")
+        state.update(tensors)
+    return state
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -132,7 +154,12 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
         return load_file(path)
     try:
-        state = safe_load.load(path, mmap=True)
+        try:
+            state = safe_load.load(path, mmap=True)
+        except RuntimeError as err:  # a legacy (pre-zip) pickle cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            state = safe_load.load(path)
     except safe_load.Refused as err:
         raise ReleasedCheckpointError(
             f"{path}: the pickle holds objects other than tensors, refused (loading it would run code): "
@@ -168,19 +195,16 @@ def renamed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def tower_tensors(path: Path) -> dict[str, torch.Tensor]:
     """The vision tower from a CLIP folder (vision-only or full), under this project's names."""
-    state = {}
-    for file in weight_files(path):
-        state.update(load_tensors(file))
     return {
         "vision_tower." + name: t
-        for name, t in state.items()
+        for name, t in read_state(path).items()
         if not name.startswith(CLIP_UNUSED) and not name.endswith(RECOMPUTED)
     }
 
 
-def _tokenizer(src: Path, cfg: dict):
+def _tokenizer(src: Path, text):
     # The LLM's config, so transformers does not read the unregistered released config.json.
-    tokenizer = AutoTokenizer.from_pretrained(src, config=text_config(cfg))
+    tokenizer = AutoTokenizer.from_pretrained(src, config=text)
     if tokenizer.convert_tokens_to_ids(SEPARATOR_TOKEN) in (None, tokenizer.unk_token_id):
         raise ReleasedCheckpointError(f"{src}: the tokenizer has no {SEPARATOR_TOKEN} (the released tile separator)")
     # The image placeholder is ours; the model never embeds it (see build_from_backbones).
@@ -189,6 +213,19 @@ def _tokenizer(src: Path, cfg: dict):
         tokenizer.pad_token = tokenizer.eos_token  # as the released processor pads
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def _pixel_settings(src: Path, clip: Path, tile: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the image processor saved with the checkpoint, else of the CLIP folder;
+    its tile size must be the tower's (the released processor tiles at ``shortest_edge``)."""
+    folder = src if (src / "preprocessor_config.json").is_file() else clip
+    path = folder / "preprocessor_config.json"
+    if path.is_file():
+        size = json.loads(path.read_text()).get("size") or {}
+        edge = size.get("shortest_edge", size.get("height")) if isinstance(size, dict) else size
+        if edge is not None and edge != tile:
+            raise ReleasedCheckpointError(f"{path} tiles images at {edge} px, the vision tower takes {tile} px")
+    return pixel_stats(folder)
 
 
 def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -208,7 +245,7 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
 def convert(src: str | Path, dst: str | Path, vision: str | Path | None = None, force: bool = False) -> Converted:
     """Released checkpoint ``src`` → a Dragonfly folder ``dst`` (model, processor,
     generation config) in the released-compatible mode, loadable with the Auto classes.
-    Tensors keep their dtype; ``dst`` appears only when the whole folder is written, and
+    Every tensor takes the LLM's dtype; ``dst`` appears only when the whole folder is written, and
     a non-empty ``dst`` is replaced only with ``force``."""
     from accelerate import init_empty_weights
 
@@ -216,25 +253,25 @@ def convert(src: str | Path, dst: str | Path, vision: str | Path | None = None, 
     if dst.is_dir() and any(dst.iterdir()) and not force:
         raise ReleasedCheckpointError(f"{dst} exists and is not empty", hint="choose another folder, or pass --force")
     cfg = read_config(src)
-    tokenizer = _tokenizer(src, cfg)
+    text = text_config(cfg)
+    tokenizer = _tokenizer(src, text)
     clip = vision_dir(cfg, vision)
-    state = {}
-    for file in weight_files(src):
-        state.update(load_tensors(file))
-    state = renamed(state)
+    tower_cfg = vision_config(clip)
+    mean, std = _pixel_settings(src, clip, tower_cfg.image_size)
+    state = renamed(read_state(src))
     vision_from = str(src)
     if not any(k.startswith("vision_tower.") for k in state):  # a checkpoint saved without its tower
         state.update(tower_tensors(clip))
         vision_from = str(clip)
     config = DragonflyConfig(
-        vision_config=vision_config(clip),
-        text_config=text_config(cfg),
+        vision_config=tower_cfg,
+        text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         separator_token_id=tokenizer.convert_tokens_to_ids(SEPARATOR_TOKEN),
         **asdict(RELEASED_LAYOUT),
     )
-    dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
-    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+    # The LLM's dtype for everything (a bf16 release with an fp32 tower from --vision stays bf16).
+    dtype = next(t.dtype for k, t in state.items() if k.startswith("language_model.") and t.is_floating_point())
     config.dtype = dtype
     with init_empty_weights(include_buffers=False):  # no second copy of an 8B model in memory
         model = DragonflyForConditionalGeneration(config)
@@ -247,7 +284,7 @@ def convert(src: str | Path, dst: str | Path, vision: str | Path | None = None, 
     )
     # The released processor resizes every resolution from the image itself and puts the
     # image block before the text and its BOS.
-    processor = make_processor(config, tokenizer, *pixel_stats(clip), reuse_resized=False, image_position="first")
+    processor = make_processor(config, tokenizer, mean, std, reuse_resized=False, image_position="first")
     with atomic_dir(dst) as tmp, hf_bars(sys.stderr.isatty()), unprobed():
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

@@ -21,9 +21,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from test_released_regions import released_best
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from dragonfly.inference import answer, load, user_message
 from dragonfly.model.constants import CLIP_MEAN, CLIP_STD
@@ -57,11 +65,18 @@ def llama3_style_tokenizer() -> PreTrainedTokenizerFast:
         vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator(["user assistant What colour is the circle square red blue\n\n"] * 4, trainer=trainer)
+    # As Llama-3's tokenizer.json: `add_special_tokens=True` puts BOS in front.
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tok.token_to_id(BOS))]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOT)
 
 
-def write_released(root: Path, with_tower: bool = True) -> tuple[Path, Path]:
-    """A released-layout checkpoint `root/released` and its CLIP folder `root/clip`."""
+def write_released(
+    root: Path, with_tower: bool = True, model_type: str = "dragonfly", sharded_bf16: bool = False
+) -> tuple[Path, Path]:
+    """A released-layout checkpoint `root/released` and its CLIP folder `root/clip`: one
+    fp32 `pytorch_model.bin`, or (`sharded_bf16`) two bf16 safetensors shards + index."""
     torch.manual_seed(0)
     tokenizer = llama3_style_tokenizer()
     vision_cfg = CLIPVisionConfig(
@@ -70,9 +85,14 @@ def write_released(root: Path, with_tower: bool = True) -> tuple[Path, Path]:
     tower = CLIPVisionModel(vision_cfg)
     clip = root / "clip"
     tower.save_pretrained(clip)
-    (clip / "preprocessor_config.json").write_text(
-        json.dumps({"image_processor_type": "CLIPImageProcessor", "image_mean": CLIP_MEAN, "image_std": CLIP_STD})
-    )
+    preprocessor = {
+        "image_processor_type": "CLIPImageProcessor",
+        "size": {"shortest_edge": SE},
+        "crop_size": {"height": SE, "width": SE},
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
+    }
+    (clip / "preprocessor_config.json").write_text(json.dumps(preprocessor))
     text_cfg = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=48,
@@ -93,10 +113,19 @@ def write_released(root: Path, with_tower: bool = True) -> tuple[Path, Path]:
     state |= {f"vision_embed_tokens.{k}": v for k, v in proj.state_dict().items()}
     src = root / "released"
     src.mkdir()
-    torch.save(state, src / "pytorch_model.bin")
+    if sharded_bf16:
+        names = sorted(state)
+        shards = {f"model-0000{i + 1}-of-00002.safetensors": names[i::2] for i in range(2)}
+        for file, keys in shards.items():
+            save_file({k: state[k].to(torch.bfloat16).contiguous() for k in keys}, src / file)
+        weight_map = {k: file for file, keys in shards.items() for k in keys}
+        (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    else:
+        torch.save(state, src / "pytorch_model.bin")
+    (src / "preprocessor_config.json").write_text(json.dumps(preprocessor))
     config = {
         "architectures": ["DragonflyForCausalLM"],
-        "model_type": "dragonfly",
+        "model_type": model_type,
         "image_encoder": "openai/clip-vit-base-patch32",
         "text_pretrained_model_name_or_path": "meta-llama/Meta-Llama-3-8B-Instruct",
         "text_config": text_cfg.to_dict(),
@@ -115,30 +144,30 @@ def write_released(root: Path, with_tower: bool = True) -> tuple[Path, Path]:
 
 
 # -- the released code, re-stated -----------------------------------------------------------
-def released_pixels(image: Image.Image) -> torch.Tensor:
-    """`process_anyres_image`: low, 4 medium, the high tiles; each tile through
-    CLIPImageProcessor, which on an SE×SE tile only rescales and normalises."""
+def released_pixels(image: Image.Image, clip_processor) -> torch.Tensor:
+    """`process_anyres_image`: low, 4 medium, the high tiles; each tile through the
+    checkpoint's CLIPImageProcessor (`se = processor.size['shortest_edge']`)."""
     middle = released_best(image.size, [(2, 2), (1, 4), (4, 1)], SE)
     high = released_best(image.size, [(6, 4), (4, 6), (3, 8), (8, 3), (2, 12), (12, 2)], SE)
     tiles = [image.resize((SE, SE))]
     for cols, rows in (middle, high):
         canvas = image.resize((cols * SE, rows * SE))  # PIL's default filter: bicubic
         tiles += [canvas.crop((j, i, j + SE, i + SE)) for i in range(0, rows * SE, SE) for j in range(0, cols * SE, SE)]
-    mean, std = np.array(CLIP_MEAN, np.float32), np.array(CLIP_STD, np.float32)
-    arrays = [((np.asarray(t, np.float32) * np.float32(1 / 255) - mean) / std).transpose(2, 0, 1) for t in tiles]
-    return torch.from_numpy(np.stack(arrays))
+    return torch.stack([clip_processor.preprocess(t, return_tensors="pt")["pixel_values"][0] for t in tiles])
 
 
 def released_ids(tokenizer, prompt: str, tokens_per_tile: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`get_sample_encoding_with_encoder` with `is_generate=True`: 17 tiles × (placeholders,
-    newline), then the prompt with its BOS; the appended end token is cut off again."""
+    newline), then `tokenizer(prompt, add_special_tokens=True)` (BOS first); the end token
+    it appends is cut off again. `tokens_per_tile` is the count the release hard-codes for
+    its tower (50 at 224/32): patches + CLS."""
     image_len = 17 * (tokens_per_tile + 1)
     ids = torch.full((image_len,), tokenizer.convert_tokens_to_ids(PLACEHOLDER))
     newline_at = [i for i in range(image_len) if (i + 1) % (tokens_per_tile + 1) == 0]
     ids[newline_at] = tokenizer.convert_tokens_to_ids(NEWLINE)
     indices = torch.full((image_len,), -1)
     indices[ids != tokenizer.convert_tokens_to_ids(NEWLINE)] = torch.arange(17 * tokens_per_tile)
-    text = [tokenizer.convert_tokens_to_ids(BOS)] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    text = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     ids = torch.cat([ids, torch.tensor(text)])
     indices = torch.cat([indices, torch.full((len(text),), -1)])
     return ids[None], indices[None]
@@ -197,17 +226,18 @@ def converted(tmp_path_factory):
 
 
 def test_converted_logits_equal_the_released_forward(converted):
-    root, src, _ = converted
+    root, src, clip = converted
     model, processor = load(root / "converted")
     state = torch.load(src / "pytorch_model.bin", weights_only=True)
     cfg = json.loads((src / "config.json").read_text())
     text_cfg = LlamaConfig(**cfg["text_config"])
-    vision_cfg = model.config.vision_config
+    vision_cfg = CLIPVisionConfig.from_pretrained(clip)
+    clip_processor = CLIPImageProcessorPil.from_pretrained(src)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(src)
     prompt = (
         f"<|start_header_id|>user<|end_header_id|>\n\n{QUESTION}{EOT}<|start_header_id|>assistant<|end_header_id|>\n\n"
     )
-    tokens_per_tile = (SE // 8) ** 2 + 1
+    tokens_per_tile = (vision_cfg.image_size // vision_cfg.patch_size) ** 2 + 1
     placeholder, newline = (tokenizer.convert_tokens_to_ids(t) for t in (PLACEHOLDER, NEWLINE))
     for i, size in enumerate(SIZES):
         image = picture(size, i)
@@ -219,16 +249,30 @@ def test_converted_logits_equal_the_released_forward(converted):
         assert ours.shape == ids[0].shape, size
         image_at = (ids[0] == placeholder) | (ids[0] == newline)
         assert (ours[image_at] == model.config.image_token_id).all() and torch.equal(ours[~image_at], ids[0][~image_at])
-        pixels = released_pixels(image)
+        pixels = released_pixels(image, clip_processor)
         assert torch.allclose(inputs["pixel_values"][0], pixels, atol=1e-5), size
         with torch.no_grad():
             out = model(**inputs)
             logits, kept = released_forward(state, vision_cfg, text_cfg, ids, pixels, indices)
         assert out.selected_tiles[0].tolist() == kept.tolist(), size
         assert (out.logits - logits).abs().max() < 1e-5, (size, (out.logits - logits).abs().max())
-    # Generation continues with the released forward's greedy token; `answer` runs end to end.
-    generated = model.generate(**inputs, max_new_tokens=1, do_sample=False)
-    assert int(generated[0, -1]) == int(logits[0, -1].argmax())
+    # A left-padded batch of two (other sizes, other question lengths) through `generate`:
+    # each row's next-token logits are the released forward's on that prompt alone.
+    questions = [QUESTION, "Is there a red square in the picture or not?"]
+    images = [picture(SIZES[0], 0), picture(SIZES[3], 3)]
+    prompts = [processor.build_prompt(user_message(q)) for q in questions]
+    batch = processor(text=prompts, images=images)
+    assert (batch["attention_mask"][0] == 0).any()  # the shorter one is padded on the left
+    out = model.generate(**batch, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    for row, (question, image) in enumerate(zip(questions, images, strict=True)):
+        text = f"<|start_header_id|>user<|end_header_id|>\n\n{question}{EOT}<|start_header_id|>assistant<|end_header_id|>\n\n"
+        ids, indices = released_ids(tokenizer, text, tokens_per_tile)
+        with torch.no_grad():
+            logits, _ = released_forward(
+                state, vision_cfg, text_cfg, ids, released_pixels(image, clip_processor), indices
+            )
+        assert (out.logits[0][row] - logits[0, -1]).abs().max() < 1e-5, row
+        assert int(out.sequences[row, -1]) == int(logits[0, -1].argmax())
     assert isinstance(answer(model, processor, [image], [QUESTION], max_new_tokens=2)[0].text, str)
 
 
@@ -272,6 +316,35 @@ def test_a_checkpoint_without_its_tower_takes_it_from_vision(tmp_path):
         assert torch.equal(model.vision_tower.state_dict()[name], tensor), name
     with pytest.raises(ReleasedCheckpointError, match="not empty"):
         convert(src, tmp_path / "out", vision=clip)  # nothing is overwritten unasked
+
+
+def test_a_sharded_bf16_fuyu_typed_checkpoint_converts_bit_for_bit(tmp_path):
+    src, clip = write_released(tmp_path, model_type="fuyu", sharded_bf16=True)
+    convert(src, tmp_path / "out", vision=clip)
+    saved = load_file(tmp_path / "out" / "model.safetensors")
+    source = {
+        **load_file(src / "model-00001-of-00002.safetensors"),
+        **load_file(src / "model-00002-of-00002.safetensors"),
+    }
+    renames = {
+        "image_encoder.": "vision_tower.",
+        "vision_embed_tokens.": "projector.proj.",
+        "language_model.": "language_model.",
+    }
+    assert len(saved) == len(source)
+    for name, tensor in source.items():
+        prefix = next(p for p in renames if name.startswith(p))
+        ours = saved[renames[prefix] + name[len(prefix) :]]
+        assert ours.dtype == torch.bfloat16 and torch.equal(ours, tensor), name
+    model, _ = load(tmp_path / "out", dtype="bfloat16")
+    assert model.config.dtype == torch.bfloat16
+    # A name in two shards is refused, not silently overwritten.
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    first = next(iter(index["weight_map"]))
+    extra = load_file(src / "model-00002-of-00002.safetensors") | {first: torch.zeros(1, dtype=torch.bfloat16)}
+    save_file(extra, src / "model-00002-of-00002.safetensors")
+    with pytest.raises(ReleasedCheckpointError, match="already read from another file"):
+        convert(src, tmp_path / "again", vision=clip)
 
 
 class Payload:

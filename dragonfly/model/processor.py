@@ -155,20 +155,19 @@ class DragonflyProcessor(ProcessorMixin):
     def expand_image_tokens(self, ids: list[int], labels: list[int] | None = None):
         """Replace each image placeholder id with ``image_seq_length`` copies (labels: -100);
         with ``image_position="first"`` those blocks go, in order, before everything else."""
-        images, text = ([], []), ([], [])
         first = self.image_position == "first"
+        image_ids, image_labels, rest_ids, rest_labels = [], [], [], []
         for i, tok in enumerate(ids):
-            if first and tok == self._newline_id and i and ids[i - 1] == self.image_token_id:
-                continue  # the placeholder's own line break leaves with it
-            inline = tok != self.image_token_id or not first
-            out_ids, out_labels = text if inline else images
             if tok == self.image_token_id:
-                out_ids.extend([tok] * self.image_seq_length)
-                out_labels.extend([IGNORE_INDEX] * self.image_seq_length)
+                to_ids, to_labels = (image_ids, image_labels) if first else (rest_ids, rest_labels)
+                to_ids.extend([tok] * self.image_seq_length)
+                to_labels.extend([IGNORE_INDEX] * self.image_seq_length)
+            elif first and tok == self._newline_id and i and ids[i - 1] == self.image_token_id:
+                continue  # the placeholder's own line break leaves with it
             else:
-                out_ids.append(tok)
-                out_labels.append(labels[i] if labels is not None else tok)
-        out_ids, out_labels = images[0] + text[0], images[1] + text[1]
+                rest_ids.append(tok)
+                rest_labels.append(labels[i] if labels is not None else tok)
+        out_ids, out_labels = image_ids + rest_ids, image_labels + rest_labels
         return out_ids, (out_labels if labels is not None else None)
 
     def text_ids(self, text: str) -> list[int]:
@@ -188,13 +187,16 @@ class DragonflyProcessor(ProcessorMixin):
         text=None,
         images=None,
         padding: bool = True,
-        padding_side: str | None = None,
+        padding_side: str = "left",
         return_tensors: str = "pt",
         **kwargs,
     ) -> BatchFeature:
         """Rendered prompt(s) with ``<image>`` placeholders + images → padded model inputs.
 
         Images are given flat, in the order their placeholders appear across the texts.
+        Padding is on the left unless asked otherwise, whatever the tokenizer's own side:
+        setting ``tokenizer.padding_side`` does not survive ``save_pretrained``, so a hub
+        tokenizer reloads right-padding, and a right-padded prompt generates after its pads.
         """
         if text is None:
             raise ValueError("DragonflyProcessor needs text (use the image processor for images alone)")

@@ -30,7 +30,7 @@ from dragonfly.files import atomic_dir
 from dragonfly.model.constants import IMAGE_TOKEN, PAPER_MEDIUM, RELEASED_HIGH
 from dragonfly.model.modeling import DragonflyConfig, DragonflyForConditionalGeneration
 from dragonfly.model.specs import Layout
-from dragonfly.weights import hf_bars, unprobed
+from dragonfly.weights import check_loading_info, hf_bars, unprobed
 
 MODEL_TYPES = ("dragonfly", "fuyu")  # the released config class declares model_type "fuyu"
 SEPARATOR_TOKEN = "<|reserved_special_token_1|>"  # after each tile (IMAGE_NEWLINE_TOKEN)
@@ -211,8 +211,7 @@ def _tokenizer(src: Path, text):
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # as the released processor pads
-    tokenizer.padding_side = "left"
-    return tokenizer
+    return tokenizer  # the processor pads on the left itself
 
 
 def _pixel_settings(src: Path, clip: Path, tile: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -228,17 +227,17 @@ def _pixel_settings(src: Path, clip: Path, tile: int) -> tuple[tuple[float, ...]
     return pixel_stats(folder)
 
 
-def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], src: Path) -> None:
+    """Assign ``state`` to ``model``; any mismatch is the project's one weights error."""
     expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    problems = [
-        f"{len(keys)} {what}: {', '.join(keys[:3])}"
-        for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (wrong, "with the wrong shape"))
-        if keys
-    ]
-    if problems:
-        raise ReleasedCheckpointError(f"the weights do not match the released architecture ({'; '.join(problems)})")
+    check_loading_info(
+        src,
+        {
+            "missing_keys": set(expected) - set(state),
+            "unexpected_keys": set(state) - set(expected),
+            "mismatched_keys": {k for k in set(state) & set(expected) if state[k].shape != expected[k].shape},
+        },
+    )
     model.load_state_dict(state, strict=True, assign=True)
 
 
@@ -275,7 +274,7 @@ def convert(src: str | Path, dst: str | Path, vision: str | Path | None = None, 
     config.dtype = dtype
     with init_empty_weights(include_buffers=False):  # no second copy of an 8B model in memory
         model = DragonflyForConditionalGeneration(config)
-    _load_into(model, {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()})
+    _load_into(model, {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, src)
     stops = [t for t in ("<|eot_id|>", "<|end_of_text|>") if t in tokenizer.get_vocab()]
     model.generation_config = GenerationConfig(
         eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in stops] or tokenizer.eos_token_id,

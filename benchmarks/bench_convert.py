@@ -46,12 +46,10 @@ for prefix, module in (("image_encoder.", tower), ("language_model.", llm), ("vi
 
 def write_checkpoint(root: Path) -> tuple[Path, Path, float]:
     import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_convert_released import llama3_style_tokenizer
-
-    tokenizer = llama3_style_tokenizer()
+    # The Llama-3-style tokenizer the released code saved with its tiny checkpoint (tests/fixtures).
+    tokenizer = AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "tests/fixtures/released/bin")
     tower = CLIPVisionModel(CLIPVisionConfig())  # CLIP ViT-B/32 vision shape
     clip = root / "clip"
     tower.save_pretrained(clip)

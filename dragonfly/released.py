@@ -227,8 +227,28 @@ def _pixel_settings(src: Path, clip: Path, tile: int) -> tuple[tuple[float, ...]
     return pixel_stats(folder)
 
 
+def hub_renamed(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The names older transformers wrote → today's, by transformers' own per-class renamings
+    (those ``from_pretrained`` applies: e.g. a 4.x ``CLIPVisionModel`` saved its tensors under
+    ``vision_model.*``, which 5.x dropped), scoped to the sub-model that owns each name.
+    Renamings only: a name that needs a tensor conversion stays as it is and is refused."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming
+
+    renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    out = {}
+    for name, tensor in state.items():
+        for renaming in renamings:
+            name, _ = renaming.rename_source_key(name)
+        if name in out:
+            raise ReleasedCheckpointError(f"two tensors of the checkpoint are both named {name} in this layout")
+        out[name] = tensor
+    return out
+
+
 def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], src: Path) -> None:
     """Assign ``state`` to ``model``; any mismatch is the project's one weights error."""
+    state = hub_renamed(model, state)
     expected = model.state_dict()
     check_loading_info(
         src,

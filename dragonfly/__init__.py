@@ -2,9 +2,12 @@
 
 The package is layered (docs/architecture.md): ``dragonfly.model`` (the model core) →
 ``dragonfly.data`` → ``dragonfly.train`` / ``dragonfly.eval`` → ``dragonfly.pipeline`` →
-``dragonfly.cli``. Importing ``dragonfly`` loads nothing heavy; ``import dragonfly.model.auto``
-(or importing any model class, e.g. ``from dragonfly import DragonflyConfig``) registers the
-classes with the ``transformers`` Auto classes.
+``dragonfly.cli``. Importing ``dragonfly`` loads nothing heavy, and is all the
+``transformers`` Auto classes need to load a Dragonfly folder: the classes register
+themselves when transformers loads its Auto classes (``dragonfly.model.registration``).
 """
 
 from dragonfly.model import __all__, __getattr__  # noqa: F401  (the model classes, loaded lazily)
+from dragonfly.model.registration import register_when_transformers_loads
+
+register_when_transformers_loads()

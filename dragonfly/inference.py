@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import dragonfly.model.auto  # noqa: F401  (registers the Auto classes)
 from dragonfly.errors import CheckpointError
+from dragonfly.model.configuration import released_layout_error
 from dragonfly.model.constants import IMAGE_TOKEN
 from dragonfly.weights import load_strict
 
@@ -20,6 +22,9 @@ def load(model_dir: str | Path, dtype: str = "float32"):
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"model directory {model_dir} not found")
+    config = model_dir / "config.json"
+    if config.is_file() and "image_encoder" in json.loads(config.read_text()):
+        raise released_layout_error(str(model_dir))
     missing = [f for f in ("config.json", "processor_config.json") if not (model_dir / f).is_file()]
     if missing:
         raise CheckpointError(f"{model_dir} is not a Dragonfly checkpoint (missing {', '.join(missing)})")

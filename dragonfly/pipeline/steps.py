@@ -231,7 +231,8 @@ def train(
         progress=progress,
     )
     _loss_csv(out)
-    if log is not None and plan.stage.init_from == "init" and set(plan.stage.train) == {"projector"}:
+    fresh_llm = plan.settings.profile.model.source == "tiny"  # backbones bring a pretrained LLM
+    if log is not None and fresh_llm and plan.stage.init_from == "init" and set(plan.stage.train) == {"projector"}:
         log(
             f"note: {stage} trained only the projector, in front of a freshly initialised LLM: "
             "the model does not answer yet; the next stage (general2) trains the LLM"

@@ -91,6 +91,36 @@ def test_the_converted_release_reproduces_the_released_code(converted):
         assert greedy.tolist() == REFERENCE[f"single{i}.greedy"].tolist(), case["size"]
 
 
+AUTO_CLASSES = """
+import sys
+import dragonfly
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText, AutoProcessor
+folder, released, text = sys.argv[1], sys.argv[2], int(sys.argv[3])
+model = AutoModelForImageTextToText.from_pretrained(folder)
+processor = AutoProcessor.from_pretrained(folder)
+question = "What colour is the circle?"
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+image = Image.open(f"{released}/images/single0.png").convert("RGB")
+with torch.no_grad():
+    logits = model(**processor(text=prompt, images=[image])).logits[0, -text:]
+print(float((logits - load_file(f"{released}/reference.safetensors")["single0.logits"]).abs().max()))
+"""
+
+
+def test_a_plain_import_dragonfly_and_the_auto_classes_reproduce_it(converted):
+    """What a transformers user types: no dragonfly API but the import, the processor's own
+    chat template."""
+    text = REFERENCE["single0.logits"].shape[0]  # the positions after the image block
+    cmd = [sys.executable, "-c", AUTO_CLASSES, str(converted), str(RELEASED), str(text)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.split()[-1]) < 1e-5
+
+
 def test_a_left_padded_batch_generates_what_the_released_code_generates(converted):
     model, processor = load(converted)
     batch_meta = META["batch"]

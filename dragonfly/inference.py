@@ -22,9 +22,11 @@ def load(model_dir: str | Path, dtype: str = "float32"):
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"model directory {model_dir} not found")
-    config = model_dir / "config.json"
-    if config.is_file() and "image_encoder" in json.loads(config.read_text()):
+    config = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").is_file() else {}
+    if "image_encoder" in config:
         raise released_layout_error(str(model_dir))
+    if config and config.get("model_type") != "dragonfly":
+        raise CheckpointError(f"{model_dir} holds a {config.get('model_type')!r} model, not a Dragonfly checkpoint")
     missing = [f for f in ("config.json", "processor_config.json") if not (model_dir / f).is_file()]
     if missing:
         raise CheckpointError(f"{model_dir} is not a Dragonfly checkpoint (missing {', '.join(missing)})")

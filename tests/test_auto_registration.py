@@ -78,3 +78,11 @@ def test_the_released_layout_is_refused_with_the_way_to_convert_it():
         timeout=300,
     )
     assert cli.returncode == 1 and cli.stderr.startswith(f"error: {RELEASED} holds a checkpoint of the released")
+
+
+def test_load_names_a_folder_of_another_model():
+    from dragonfly.errors import CheckpointError
+    from dragonfly.inference import load
+
+    with pytest.raises(CheckpointError, match="holds a 'llama' model, not a Dragonfly checkpoint"):
+        load(RELEASED.parents[1] / "hub" / "llama3")

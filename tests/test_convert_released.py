@@ -37,10 +37,10 @@ PLACEHOLDER, NEWLINE = "<|reserved_special_token_0|>", "<|reserved_special_token
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def released_copy(root: Path, form: str = "bin") -> tuple[Path, Path]:
+def released_copy(root: Path, form: str = "bin", clip: str = "clip") -> tuple[Path, Path]:
     """`root/released` (the released folder as downloaded) and `root/clip` (its image_encoder)."""
     shutil.copytree(RELEASED / form, root / "released")
-    shutil.copytree(FIXTURES / "hub" / "clip", root / "clip")
+    shutil.copytree(FIXTURES / "hub" / clip, root / "clip")
     return root / "released", root / "clip"
 
 
@@ -215,14 +215,17 @@ def test_the_separator_is_the_llm_token_not_a_learned_vector(converted):
     assert [2, 12] in cfg.high_grids and [12, 2] in cfg.high_grids
 
 
-def test_a_checkpoint_without_its_tower_takes_it_from_vision(tmp_path):
-    src, clip = released_copy(tmp_path)
+@pytest.mark.parametrize("clip_folder", ["clip", "clip-4.30"])  # as transformers 4.45 and 4.30 saved CLIP
+def test_a_checkpoint_without_its_tower_takes_it_from_vision(clip_folder, tmp_path):
+    src, clip = released_copy(tmp_path, clip=clip_folder)
     state = torch.load(src / "pytorch_model.bin", weights_only=True)
     torch.save({k: v for k, v in state.items() if not k.startswith("image_encoder.")}, src / "pytorch_model.bin")
     done = convert(src, tmp_path / "out", vision=clip)
     assert done.vision_from == str(clip)
     model, _ = load(tmp_path / "out")
-    dual = load_file(clip / "model.safetensors")  # the 4.x dual encoder: vision_model.*, text_model.*
+    # The 4.x dual encoder: vision_model.*, text_model.* (4.30 also saved position_ids buffers).
+    files = sorted(clip.glob("*.safetensors"))
+    dual = load_file(files[0]) if files else torch.load(clip / "pytorch_model.bin", weights_only=True)
     tower = model.vision_tower.state_dict()
     for name, tensor in tower.items():
         assert torch.equal(tensor, dual[f"vision_model.{name}"]), name

@@ -34,6 +34,7 @@ from dragonfly.weights import check_loading_info, hf_bars, unprobed
 
 MODEL_TYPES = ("dragonfly", "fuyu")  # the released config class declares model_type "fuyu"
 SEPARATOR_TOKEN = "<|reserved_special_token_1|>"  # after each tile (IMAGE_NEWLINE_TOKEN)
+V1_TOKENS_PER_TILE = 50  # the v1 processor's IMAGE_PATCH_SIZE
 # What the released forward hard-codes: topk=3 per region, region_token_interval=6 (the
 # i-th block of 6 consecutive high tiles), CLIP hidden_states[-2] with CLS, one Linear.
 RELEASED_LAYOUT = Layout(
@@ -214,6 +215,20 @@ def _tokenizer(src: Path, text):
     return tokenizer  # the processor pads on the left itself
 
 
+def _check_v1_tower(tower_cfg, clip: Path) -> None:
+    """The v1 processor places a fixed 50 tokens per tile (CLIP ViT-B/32 at 224 px: 7×7 + CLS).
+    Another tower is not a v1 checkpoint: Llama-3.1-8B-Dragonfly-v1 (ViT-L/14 at 336 px) is
+    the October 2024 code, which mean-pools every high tile instead of selecting, and would
+    convert without an error into a model that computes something else."""
+    tokens = (tower_cfg.image_size // tower_cfg.patch_size) ** 2 + 1
+    if tokens != V1_TOKENS_PER_TILE:
+        raise ReleasedCheckpointError(
+            f"{clip}: the tower gives {tokens} tokens per tile, the v1 release {V1_TOKENS_PER_TILE}: "
+            "not a Llama-3-8B-Dragonfly(-Med)-v1 checkpoint",
+            hint="the Llama-3.1 Dragonfly (mean-pooled high tiles, no zoom selection) is not supported",
+        )
+
+
 def _pixel_settings(src: Path, clip: Path, tile: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) of the image processor saved with the checkpoint, else of the CLIP folder;
     its tile size must be the tower's (the released processor tiles at ``shortest_edge``)."""
@@ -276,6 +291,7 @@ def convert(src: str | Path, dst: str | Path, vision: str | Path | None = None, 
     tokenizer = _tokenizer(src, text)
     clip = vision_dir(cfg, vision)
     tower_cfg = vision_config(clip)
+    _check_v1_tower(tower_cfg, clip)
     mean, std = _pixel_settings(src, clip, tower_cfg.image_size)
     state = renamed(read_state(src))
     vision_from = str(src)

@@ -281,7 +281,12 @@ def test_bad_released_folders_are_named(tmp_path):
     torch.save(state, src / "pytorch_model.bin")
     with pytest.raises(WeightsMismatchError, match="1 tensor\\(s\\) missing: projector.proj.bias"):
         convert(src, tmp_path / "c", vision=clip)
-    assert not any((tmp_path / d).exists() for d in "abc")
+    config = json.loads((clip / "config.json").read_text())  # a 336-px tower, as the Llama-3.1 release's
+    config["vision_config"]["image_size"] = 56
+    (clip / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ReleasedCheckpointError, match="gives 197 tokens per tile, the v1 release 50"):
+        convert(src, tmp_path / "d", vision=clip)
+    assert not any((tmp_path / d).exists() for d in "abcd")
 
 
 def test_training_conversations_put_the_image_first_and_label_only_the_reply(converted):

@@ -120,6 +120,23 @@ class DragonflyForConditionalGeneration(DragonflyPreTrainedModel, GenerationMixi
         embed = self.get_input_embeddings()
         return embed(torch.tensor(self.config.separator_token_id, device=embed.weight.device))
 
+    def _image_path_trains(self) -> bool:
+        parts = (self.vision_tower, self.projector)
+        return torch.is_grad_enabled() and any(p.requires_grad for part in parts for p in part.parameters())
+
+    def _unused_image_path(self, like: torch.Tensor) -> torch.Tensor:
+        """Zero times the image path on one blank tile: a scalar 0 in ``like``'s dtype.
+
+        A micro-batch without images (text-only samples, as the paper's SFT mixtures hold)
+        would leave the tower, projector and separator out of the graph: no gradient path at
+        all when only the projector trains, and with several processes a parameter one rank
+        reduces and another does not (DDP's unused-parameter error; on DeepSpeed or gloo a
+        collective mismatch, on NCCL a hang). This keeps every rank's graph the same for one
+        tile's cost; it adds exactly 0 to the loss and 0 to every gradient."""
+        tile = torch.zeros(1, 3, self.config.tile_size, self.config.tile_size, device=like.device)
+        touched = self.encode_tiles(tile).sum() + self.tile_separator().sum()
+        return touched.to(like.dtype) * 0.0
+
     def _vision_trainable(self) -> bool:
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.vision_tower.parameters())
 
@@ -223,6 +240,8 @@ class DragonflyForConditionalGeneration(DragonflyPreTrainedModel, GenerationMixi
                 )
             elif num_placeholders and (past_key_values is None or past_key_values.get_seq_length() == 0):
                 raise ValueError(f"input_ids contain {num_placeholders} image tokens but no pixel_values were given")
+            elif self._image_path_trains():
+                inputs_embeds = inputs_embeds + self._unused_image_path(inputs_embeds)
         out = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         if err.hint:
             print(f"hint: {err.hint}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(getattr(err, "exit_code", 1))  # 143 after a SIGTERM (train), as schedulers expect
 
 
 def _mount(module: str, name: str, help_text: str) -> None:

@@ -29,6 +29,7 @@ from dragonfly.train.console import StageReport, interactive
 from dragonfly.train.data import Collator, ConversationDataset, StepBatches
 from dragonfly.train.deepspeed import engine_of, make_accelerator
 from dragonfly.train.parts import param_groups, set_trainable, start_model
+from dragonfly.train.preemption import Preempted, StopOnSigterm, ignore_sigterm
 from dragonfly.train.step import Window, all_finite, apply_step, to_device, weights_finite
 from dragonfly.weights import hf_bars, unprobed
 
@@ -203,6 +204,7 @@ def train_stage(
         batch_sampler=sampler,
         num_workers=stage.num_workers,
         collate_fn=Collator(processor.tokenizer.pad_token_id),
+        worker_init_fn=ignore_sigterm,
     )
     params = [p for named in trainable.values() for _, p in named]
 
@@ -235,47 +237,57 @@ def train_stage(
     # gradient norm: only such a state may be saved as "the last good state" on a NaN.
     stepped_finitely = False
     report = StageReport(stage.name, total, start_step, main, bar=progress and interactive())
-    for batch in loader:
-        if not shown:
-            console.print(
-                f"[bold]first batch of {stage.name}[/]\n{describe_batch(batch, processor.tokenizer, image_token_id)}"
-            )
-            shown = True
-        if not (batch["labels"] != IGNORE_INDEX).any(dim=1).all():
-            raise TrainingError(
-                f"stage {stage.name} step {step}: a sample in the batch has no trained tokens "
-                "(all labels are -100); check the chat template and truncation"
-            )
-        batch = to_device(batch, accelerator.device)
-        # accumulate: no gradient sync (DDP) and no engine step (DeepSpeed) but on a step's last micro-batch.
-        with accelerator.accumulate(model):
-            loss = model(**batch).loss
-            if not all_finite(accelerator, loss):
-                if stepped_finitely and all_finite(accelerator, weights_finite(model)):
+    with StopOnSigterm() as stop:
+        for batch in loader:
+            if not shown:
+                console.print(
+                    f"[bold]first batch of {stage.name}[/]\n{describe_batch(batch, processor.tokenizer, image_token_id)}"
+                )
+                shown = True
+            if not (batch["labels"] != IGNORE_INDEX).any(dim=1).all():
+                raise TrainingError(
+                    f"stage {stage.name} step {step}: a sample in the batch has no trained tokens "
+                    "(all labels are -100); check the chat template and truncation"
+                )
+            batch = to_device(batch, accelerator.device)
+            # accumulate: no gradient sync (DDP) and no engine step (DeepSpeed) but on a step's last micro-batch.
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                if not all_finite(accelerator, loss):
+                    if stepped_finitely and all_finite(accelerator, weights_finite(model)):
+                        save(step)
+                        raise TrainingError(
+                            f"stage {stage.name}: non-finite loss at step {step}; saved the last good "
+                            f"state as checkpoint {checkpoint.checkpoint_name(step)}"
+                        )
+                    raise TrainingError(_nothing_saved(stage.name, step, ckpt_root, found, step == start_step))
+                accelerator.backward(loss)  # unscaled: accelerate or the engine divides by accum, once
+            window.add(loss.detach(), batch)
+            if not accelerator.sync_gradients:
+                continue
+            grad_norm = apply_step(accelerator, model, optimizer, scheduler, params, stage.grad_clip)
+            # The norm of all-reduced gradients is the same on every rank: no collective needed.
+            stepped_finitely = math.isfinite(grad_norm)
+            step += 1
+            report.advance()
+            if step % stage.log_every == 0 or step == total:
+                record = window.flush(accelerator, step, scheduler.get_last_lr()[0], grad_norm)
+                report.record(record)
+                if main:
+                    append_jsonl(metrics_path, record)
+                    if tracker is not None:
+                        tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
+            saved_now = step % stage.save_every == 0 or step == total
+            if saved_now:
+                save(step)
+            if step < total and stop.agreed(accelerator):
+                if not saved_now:
                     save(step)
-                    raise TrainingError(
-                        f"stage {stage.name}: non-finite loss at step {step}; saved the last good "
-                        f"state as checkpoint {checkpoint.checkpoint_name(step)}"
-                    )
-                raise TrainingError(_nothing_saved(stage.name, step, ckpt_root, found, step == start_step))
-            accelerator.backward(loss)  # unscaled: accelerate or the engine divides by accum, once
-        window.add(loss.detach(), batch)
-        if not accelerator.sync_gradients:
-            continue
-        grad_norm = apply_step(accelerator, model, optimizer, scheduler, params, stage.grad_clip)
-        # The norm of all-reduced gradients is the same on every rank: no collective needed.
-        stepped_finitely = math.isfinite(grad_norm)
-        step += 1
-        report.advance()
-        if step % stage.log_every == 0 or step == total:
-            record = window.flush(accelerator, step, scheduler.get_last_lr()[0], grad_norm)
-            report.record(record)
-            if main:
-                append_jsonl(metrics_path, record)
-                if tracker is not None:
-                    tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
-        if step % stage.save_every == 0 or step == total:
-            save(step)
+                report.close()
+                raise Preempted(
+                    f"stage {stage.name}: stopped by SIGTERM after step {step}/{total}, saved as "
+                    f"{ckpt_root / checkpoint.checkpoint_name(step)}; rerun with --resume to continue"
+                )
     report.close()
     final = out / "final"
     if main:

@@ -4,10 +4,13 @@ training under torchrun (gloo on 127.0.0.1), each run through the real `dragonfl
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import mlflow
 import pytest
+from conftest import _free_port
 from safetensors.torch import load_file
 
 from dragonfly.train import checkpoint
@@ -63,6 +66,63 @@ def test_sigkill_then_resume_matches_uninterrupted_run(workspace, run_cli, refer
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the resumed run continued the same run
     history = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "loss")
     assert {m.step for m in history} == set(range(1, 25))
+
+
+def test_sigterm_finishes_the_step_saves_and_resume_matches_uninterrupted_run(workspace, run_cli, reference, tmp_path):
+    """As a scheduler preempts: SIGTERM to the whole process group (DataLoader worker included),
+    with no periodic checkpoint due before the end."""
+    out = tmp_path / "preempted"
+    args = [*RUN, "--out", str(out), *CFG, "max_steps=24", "save_every=100", "num_workers=1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DRAGONFLY_TRACKING": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dragonfly.cli", *args],
+        cwd=workspace,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not (out / "metrics.jsonl").is_file() or len((out / "metrics.jsonl").read_text().splitlines()) < 3:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "stopped by SIGTERM after step" in stderr and "Traceback" not in stderr
+    saved = [step for step, _ in checkpoint.list_checkpoints(out / "checkpoints")]
+    assert saved == [max(_losses(out))] and saved[0] < 24  # the step under way, finished and saved
+    run_cli(*args, "--resume", cwd=workspace)
+    expected, got = _losses(reference), _losses(out)
+    assert sorted(got) == list(range(1, 25))
+    assert max(abs(expected[step] - got[step]) for step in expected) < 1e-6
+    assert _max_diff(_weights(reference), _weights(out)) < 1e-6
+
+
+def test_sigterm_under_torchrun_saves_one_agreed_step(workspace, tmp_path):
+    """Both ranks stop after the same step whenever the signal reaches each: one complete
+    checkpoint with both ranks' RNG states (torchrun's own agent reports the signal itself)."""
+    out = tmp_path / "preempted-ddp"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    launch += [f"--master_port={_free_port()}", "-m", "dragonfly.cli"]
+    args = [*RUN, "--out", str(out), *CFG, "max_steps=24", "save_every=100"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DRAGONFLY_TRACKING": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [*launch, *args], cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not (out / "metrics.jsonl").is_file() or len((out / "metrics.jsonl").read_text().splitlines()) < 2:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert "stopped by SIGTERM after step" in stderr, stderr[-3000:]
+    saved = checkpoint.list_checkpoints(out / "checkpoints")
+    assert [step for step, _ in saved] == [max(_losses(out))]
+    assert checkpoint.problem(saved[0][1]) is None
+    assert {p.name for p in saved[0][1].glob("rng_*.json")} == {"rng_0.json", "rng_1.json"}
 
 
 def test_truncated_newest_checkpoint_falls_back(workspace, run_cli, reference, tmp_path):

@@ -269,12 +269,16 @@ def _log_pyfunc(client, run_id: str, model_dir: Path, name: str) -> str:
 
 
 def _ensure_registered(client, name: str) -> None:
+    """Create the registered model unless it exists: create first and take "already exists"
+    as done, since a look-then-create loses the race to a concurrent registration."""
     from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
     try:
-        client.get_registered_model(name)
-    except MlflowException:
         client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
 
 
 def _version_tags(metrics: Mapping[str, float], tags: Mapping[str, str] | None, model_dir: Path) -> dict[str, str]:

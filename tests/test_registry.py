@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,40 @@ def test_missing_metric_is_named(model_dir, tmp_path, monkeypatch):
     message = str(err.value)
     assert METRIC in message and "synth_general.accuracy" in message, message
     assert MlflowClient(tracking_uri=uri).search_registered_models() == []  # nothing logged
+
+
+RACE = """
+import sys, time
+from pathlib import Path
+from mlflow import MlflowClient
+from dragonfly.registry import _ensure_registered
+uri, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+client.search_registered_models()
+ready.touch()
+while not go.exists():
+    time.sleep(0.001)
+for i in range(20):
+    _ensure_registered(client, f"race-{i}")
+"""
+
+
+def test_concurrent_registrations_into_a_fresh_store_both_succeed(tmp_path):
+    """Two processes register the same 20 new models at the same moment (look-then-create
+    lost this race for about 1 name in 10)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models()  # migrate once
+    go, ready = tmp_path / "go", [tmp_path / f"ready-{i}" for i in range(2)]
+    racers = [
+        subprocess.Popen([sys.executable, "-c", RACE, uri, str(r), str(go)], stderr=subprocess.PIPE, text=True)
+        for r in ready
+    ]
+    deadline = time.time() + 120
+    while not all(r.exists() for r in ready):
+        assert all(p.poll() is None for p in racers) and time.time() < deadline
+        time.sleep(0.01)
+    go.touch()
+    errors = [p.communicate(timeout=120)[1] for p in racers]
+    assert [p.returncode for p in racers] == [0, 0], errors
+    names = {m.name for m in MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models()}
+    assert names == {f"race-{i}" for i in range(20)}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dragonfly.eval.evaluator import PREDICTIONS_FILE
 from dragonfly.eval.scoring import read_predictions
+from dragonfly.tracking import redacted
 
 
 def majority_baseline(predictions_jsonl: str | Path) -> dict[str, float]:
@@ -118,7 +119,7 @@ def pipeline_report(
     if summary.get("mlflow_run_id"):
         lines += [
             "",
-            f"MLflow: run `{summary['mlflow_run_id']}` in `{tracking_uri}` "
+            f"MLflow: run `{summary['mlflow_run_id']}` in `{redacted(tracking_uri)}` "
             "(open with `mlflow ui --backend-store-uri <uri> --host 127.0.0.1`).",
         ]
     return "\n".join(lines) + "\n"

@@ -8,7 +8,9 @@ global), so a resumed stage reopens exactly its own run, and callers on ranks ot
 from __future__ import annotations
 
 import os
+import re
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,6 +41,25 @@ def default_uri(start: str | Path | None = None) -> str:
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` (MLflow's own convention), else :func:`default_uri`."""
     return os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+
+
+# Query keys whose values are secrets (Databricks' and signed URLs' tokens, a database password).
+SECRET_KEYS = re.compile(r"pass|secret|token|key|signature|credential", re.I)
+
+
+def redacted(uri: str) -> str:
+    """``uri`` as it may be printed or stored: a password in its user info and the values of
+    secret-looking query keys become ``***`` (``http://alice:***@host``). URIs come from the
+    environment and often carry credentials; reports, logs and artifacts must not."""
+    parts = urllib.parse.urlsplit(uri)
+    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if parts.password is None and not any(SECRET_KEYS.search(k) for k, _ in pairs):
+        return uri  # as given (a rebuilt sqlite:////abs/path would lose a slash)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username}:***@{netloc.rsplit('@', 1)[1]}"
+    query = urllib.parse.urlencode([(k, "***" if SECRET_KEYS.search(k) else v) for k, v in pairs], safe="*")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def artifact_location(uri: str) -> str | None:

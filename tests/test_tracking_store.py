@@ -64,3 +64,24 @@ def test_mlflow_tracking_uri_still_wins_and_its_artifacts_sit_beside_it(project,
     assert artifact_location(f"sqlite:///{store}") == (store.parent / "mlruns").as_uri()
     assert artifact_location("sqlite:///local.db") == (project / "runs" / "tiny" / "mlruns").as_uri()  # relative: cwd
     assert artifact_location("http://mlflow:5000") is None and artifact_location("sqlite:///:memory:") is None
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown", "secret"),
+    [
+        ("http://alice:s3cret@mlflow.example.com:5000", "http://alice:***@mlflow.example.com:5000", "s3cret"),
+        (
+            "postgresql://bob:p%40ss@db:5432/mlflow?sslmode=require",
+            "postgresql://bob:***@db:5432/mlflow?sslmode=require",
+            "p%40ss",
+        ),
+        ("databricks://ws?token=dapi123&x=1", "databricks://ws?token=***&x=1", "dapi123"),
+        ("sqlite:////srv/mlflow.db", "sqlite:////srv/mlflow.db", None),
+    ],
+)
+def test_the_report_names_the_store_without_its_credentials(uri, shown, secret):
+    """The flow's report goes to the console, eval/report.md, MLflow and Prefect artifacts."""
+    from dragonfly.report import pipeline_report
+
+    report = pipeline_report({"profile": "tiny", "stages": [], "tracks": {}, "mlflow_run_id": "r1"}, uri)
+    assert f"`{shown}`" in report and (secret is None or secret not in report)

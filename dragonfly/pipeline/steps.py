@@ -248,7 +248,9 @@ def _loss_csv(out: Path) -> None:
     DVC plots and spreadsheets read (DVC does not read JSON Lines)."""
     import csv
 
-    rows = read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").is_file() else []
+    from dragonfly.train.trainer import METRICS_FILE
+
+    rows = read_jsonl(out / METRICS_FILE) if (out / METRICS_FILE).is_file() else []
     import os
 
     # One temporary file per process: under torchrun every rank writes it (the same rows),
@@ -299,29 +301,78 @@ def plan_stage(
     return StagePlan(settings, stage_cfg, dataset_dir, out, fp)
 
 
+SUPERSEDED = "checkpoints.superseded"
+
+
 def _resumable(out: Path, fp: str, log) -> bool:
-    """Whether ``out`` holds checkpoints of this fingerprint. Checkpoints of another one (an
-    edited stage, a retrained previous stage) go to ``checkpoints.superseded/`` (one
-    generation kept, so an edit by mistake loses nothing), and the stage starts afresh."""
-    import shutil
+    """Whether ``out`` holds checkpoints of this fingerprint, in ``checkpoints/`` or set aside.
 
-    from dragonfly.train.checkpoint import list_checkpoints, read_state
+    Checkpoints of another fingerprint (an edited stage, a retrained previous stage) move to
+    ``checkpoints.superseded/<fingerprint>/``, every generation under its own name, and this
+    fingerprint's own generation, set aside by an earlier run, comes back: run A, run B with
+    another lr, run A again resumes A where it stopped. Nothing is deleted."""
+    from dragonfly.train.checkpoint import list_checkpoints
+    from dragonfly.train.trainer import METRICS_FILE as METRICS
 
-    root = out / "checkpoints"
+    root, aside = out / "checkpoints", out / SUPERSEDED
+    _sort_legacy_aside(aside)
     found = list_checkpoints(root)
-    if not found:
-        return False
-    try:
-        saved = read_state(found[-1][1]).get("fingerprint")
-    except (OSError, ValueError):
-        saved = None
-    if saved == fp:
+    if found:
+        saved = _checkpoint_fingerprint(found[-1][1])
+        if saved == fp:
+            return True
+        target = _free_name(aside / (saved or "unknown"))
+        aside.mkdir(exist_ok=True)
+        root.rename(target)
+        if (out / METRICS).is_file():  # the losses of those steps go with them
+            (out / METRICS).rename(target / METRICS)
+        log(f"{root}: checkpoints of another configuration or other inputs moved to {target}")
+    own = aside / fp
+    if list_checkpoints(own):
+        if root.is_dir() and any(root.iterdir()):  # leftovers of a crashed save: kept, out of the way
+            root.rename(_free_name(aside / "unknown"))
+        elif root.is_dir():
+            root.rmdir()
+        own.rename(root)
+        if (root / METRICS).is_file():
+            (root / METRICS).replace(out / METRICS)
+        log(f"{own}: this configuration's own checkpoints, set aside by an earlier run, restored; resuming")
         return True
-    aside = out / "checkpoints.superseded"
-    shutil.rmtree(aside, ignore_errors=True)
-    root.rename(aside)
-    log(f"{root}: checkpoints of another configuration or other inputs moved to {aside}; training afresh")
+    if found:
+        log(f"training {out.name} afresh")
     return False
+
+
+def _checkpoint_fingerprint(path: Path) -> str | None:
+    from dragonfly.train.checkpoint import read_state
+
+    try:
+        return read_state(path).get("fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... if taken (a generation is never overwritten)."""
+    n, candidate = 1, path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def _sort_legacy_aside(aside: Path) -> None:
+    """Earlier versions kept one generation's step folders directly in the superseded folder:
+    file them under their fingerprint like any other."""
+    from dragonfly.train.checkpoint import list_checkpoints
+
+    steps = list_checkpoints(aside)
+    if steps:
+        target = _free_name(aside / (_checkpoint_fingerprint(steps[-1][1]) or "unknown"))
+        target.mkdir()
+        for entry in list(aside.iterdir()):
+            if entry != target and (entry.name.startswith("step-") or entry.is_file()):
+                entry.rename(target / entry.name)
 
 
 def _stage_config(profile: Profile, stage: StageConfig) -> dict:

@@ -33,6 +33,8 @@ from dragonfly.train.preemption import Preempted, StopOnSigterm, ignore_sigterm
 from dragonfly.train.step import Window, all_finite, apply_step, to_device, weights_finite
 from dragonfly.weights import hf_bars, unprobed
 
+METRICS_FILE = "metrics.jsonl"  # one record per logged step, beside checkpoints/
+
 
 class TrainingError(DragonflyError):
     """A run that must stop (non-finite loss, empty labels); the message says why."""
@@ -171,7 +173,7 @@ def train_stage(
         state.load(found, accelerator, model, optimizer, scheduler, console.print)
         start_step, run_id = saved["step"], saved.get("mlflow_run_id")
         console.print(f"[cyan]resumed[/] {stage.name} from {found} at step {start_step}/{total}")
-    metrics_path = out / "metrics.jsonl"
+    metrics_path = out / METRICS_FILE
     if main:
         out.mkdir(parents=True, exist_ok=True)
         old = read_jsonl(metrics_path) if metrics_path.is_file() else []

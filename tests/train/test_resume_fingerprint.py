@@ -51,10 +51,34 @@ def test_auto_resumes_only_from_checkpoints_of_the_same_fingerprint(here, tmp_pa
     )
     assert "resumed" not in capsys.readouterr().out
     assert any("checkpoints.superseded" in m for m in messages)
-    assert [read_state(p)["fingerprint"] for _, p in list_checkpoints(out / "checkpoints.superseded")] == [fp, fp]
+    assert [read_state(p)["fingerprint"] for _, p in list_checkpoints(out / "checkpoints.superseded" / fp)] == [fp, fp]
     assert recorded(out) not in (None, fp)
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
+
+
+def test_every_superseded_generation_is_kept_and_its_own_run_resumes_it(here, tmp_path):
+    """Run A stopped, run B (another lr) stopped, run A again: A continues where it stopped."""
+    out = tmp_path / "aba"
+    a, b = [*STEPS[:1], "max_steps=4", "save_every=1", "keep_last=5"], ["max_steps=4", "save_every=1", "lr=3e-4"]
+    pipeline.train("general1", "tiny", "params.yaml", a, resume="auto", out_dir=out, log=None)
+    fp_a, weights_a = recorded(out), (out / "final" / "model.safetensors").read_bytes()
+    losses_a = (out / "metrics.jsonl").read_text().splitlines()
+    _interrupt(out)
+    for _, path in list_checkpoints(out / "checkpoints")[2:]:
+        shutil.rmtree(path)  # A stopped after step 2
+    pipeline.train("general1", "tiny", "params.yaml", b, resume="auto", out_dir=out, log=None)
+    fp_b = recorded(out)
+    _interrupt(out)
+    messages = []
+    pipeline.train("general1", "tiny", "params.yaml", a, resume="auto", out_dir=out, log=messages.append)
+    assert any("restored; resuming" in m for m in messages), messages
+    assert recorded(out) == fp_a and fp_b != fp_a
+    assert sorted(p.name for p in (out / "checkpoints.superseded").iterdir()) == [fp_b]  # B kept too
+    # A's two steps (their log came back with them), then the two it had left, as A logged them.
+    got = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in got] == [(r["step"], r["loss"]) for r in map(json.loads, losses_a)]
+    assert (out / "final" / "model.safetensors").read_bytes() == weights_a  # as if never interrupted
 
 
 def test_explicit_resume_from_other_inputs_is_refused(here, tmp_path):

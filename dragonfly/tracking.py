@@ -20,6 +20,7 @@ PARAMS = "params.yaml"
 STORE = "mlflow.db"
 ARTIFACTS = "mlruns"
 SQLITE = "sqlite:///"
+RESUMED_FROM_TAG = "dragonfly.resumed_from_run"
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -127,10 +128,16 @@ class Tracker:
 
         uri = uri or tracking_uri()
         self.client = MlflowClient(tracking_uri=uri)
+        self.resumed_elsewhere: str | None = None  # a run id this store does not hold
         if run_id is not None:
-            self.run_id = run_id
-            self.client.update_run(run_id, status="RUNNING")
-            return
+            if self._holds(run_id):
+                self.run_id = run_id
+                self.client.update_run(run_id, status="RUNNING")
+                return
+            # Resumed against another store (another node, a moved or reset mlflow.db, the
+            # flow's store vs dvc repro's): a new run here, tagged with the one it continues.
+            self.resumed_elsewhere = run_id
+            tags = {**(tags or {}), RESUMED_FROM_TAG: run_id}
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = (
             found.experiment_id
@@ -141,6 +148,18 @@ class Tracker:
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
+
+    def _holds(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+        try:
+            self.client.get_run(run_id)
+        except MlflowException as err:
+            if err.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise
+            return False
+        return True
 
     def log_params(self, params: Mapping) -> None:
         from mlflow.entities import Param

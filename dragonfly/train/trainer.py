@@ -179,7 +179,12 @@ def train_stage(
         old = read_jsonl(metrics_path) if metrics_path.is_file() else []
         write_jsonl(metrics_path, [r for r in old if r["step"] <= start_step])  # drop steps redone after resume
     tracker = tracker_factory(stage, run_id) if (main and tracker_factory) else None
-    if tracker is not None and run_id is None:
+    if tracker is not None and tracker.resumed_elsewhere:
+        console.print(
+            f"MLflow: run {run_id} of the checkpoint is not in this tracking store; logging to "
+            f"a new run {tracker.run_id} tagged with it (steps before {start_step} are in the old run)"
+        )
+    if tracker is not None and tracker.run_id != run_id:
         tracker.log_params(
             {
                 "stage": dataclasses.asdict(stage),

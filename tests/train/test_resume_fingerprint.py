@@ -92,3 +92,23 @@ def test_explicit_resume_from_other_inputs_is_refused(here, tmp_path):
     pipeline.train("general1", "tiny", "params.yaml", [*STEPS, "lr=3e-4"], out_dir=first, force=True, log=None)
     with pytest.raises(TrainingError, match="trained from other inputs"):
         pipeline.train("general2", "tiny", "params.yaml", chained, resume=True, out_dir=second, log=None)
+
+
+def test_resume_into_another_tracking_store_starts_a_run_there_tagged_with_the_old_one(here, tmp_path, capsys):
+    """A checkpoint's MLflow run lives in store A; it resumes where only store B is reachable
+    (another node, a moved mlflow.db, the flow's store vs dvc repro's)."""
+    from mlflow.tracking import MlflowClient
+
+    from dragonfly.tracking import RESUMED_FROM_TAG, Tracking
+
+    out, a, b = tmp_path / "moved", f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/b.db"
+    pipeline.train("general1", "tiny", "params.yaml", STEPS, out_dir=out, tracking=Tracking(a), log=None)
+    old = read_state(list_checkpoints(out / "checkpoints")[-1][1])["mlflow_run_id"]
+    assert MlflowClient(a).get_run(old).info.status == "FINISHED"
+    _interrupt(out)
+    capsys.readouterr()
+    pipeline.train("general1", "tiny", "params.yaml", STEPS, resume=True, out_dir=out, tracking=Tracking(b), log=None)
+    assert f"run {old} of the checkpoint is not in this tracking store" in capsys.readouterr().out
+    (run,) = MlflowClient(b).search_runs([e.experiment_id for e in MlflowClient(b).search_experiments()])
+    assert run.data.tags[RESUMED_FROM_TAG] == old and run.info.status == "FINISHED"
+    assert run.data.params  # the stage's settings, as a fresh run has them

@@ -297,8 +297,30 @@ class ImageCheck:
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
+NAME_MAX, PATH_MAX = 255, 4096  # Linux's limits, in bytes
+
+
+def image_path_problem(path: Path) -> str | None:
+    """Why ``path`` can name no image file at all (a NUL byte, a name or path over the
+    system's limits, a symbolic link that loops or leads nowhere), else None. Checked on the
+    path itself, so a bad row is quarantined instead of stopping a whole conversion."""
+    text = str(path)
+    if "\x00" in text:
+        return "the path holds a NUL byte"
+    size = len(text.encode(errors="surrogateescape"))
+    if size >= PATH_MAX:
+        return f"the path is {size} bytes long (the limit is {PATH_MAX - 1})"
+    if any(len(part.encode(errors="surrogateescape")) > NAME_MAX for part in path.parts):
+        return f"a name in the path is over {NAME_MAX} bytes"
+    if path.is_symlink() and not path.exists():
+        return "a symbolic link that loops or leads nowhere"
+    return None
+
+
 def image_problem(path: Path, check: ImageCheck) -> tuple[str, str] | None:
     """(reason, detail) when the image cannot be used for training, else None."""
+    if why := image_path_problem(path):
+        return "bad_image_path", why
     if not path.is_file():
         return "missing_image", f"no file at {path}"
     try:

@@ -342,3 +342,35 @@ def test_cli_build_reports_failed_source(small_broken_source: Path) -> None:
     result = runner.invoke(app, ["build", "--params", str(params), "--mixture", "two"])
     assert result.exit_code == 1 and "source 'small'" in result.output
     assert json.loads((root / "mixtures/two/manifest.json").read_text())["status"] == "failed"
+
+
+# --- image paths no file can have ----------------------------------------------------------
+
+
+def test_image_paths_no_file_can_have_are_quarantined_and_a_link_keeps_its_own_path(tmp_path, files):
+    """A symlink loop, a NUL byte and a 5,000-character path each quarantine their row
+    (`bad_image_path`) instead of stopping the conversion; a linked image is stored under
+    the link's path inside the data root, not its target's outside it."""
+    root = tmp_path / "data"
+    files.image(root / "mine" / "ok.png")
+    files.image(tmp_path / "outside" / "real.png")
+    (root / "mine" / "linked.png").symlink_to(tmp_path / "outside" / "real.png")
+    (root / "mine" / "loop.png").symlink_to(root / "mine" / "loop.png")
+    images = ["ok.png", "linked.png", "loop.png", "bad\x00name.png", "x" * 5000 + ".png"]
+    files.json(root / "mine" / "llava.json", llava_rows(images))
+    result = convert("llava", root / "mine" / "llava.json", root, split="train")
+    assert [s.images for s in result.samples] == [("mine/ok.png",), ("mine/linked.png",)]
+    details = {r.id: r.detail for r in result.rejections if r.reason == "bad_image_path"}
+    assert len(details) == len(result.rejections) == 3
+    assert "loops or leads nowhere" in details["llava:r2"] and "NUL byte" in details["llava:r3"]
+    assert "bytes long" in details["llava:r4"]
+    # The command: one quarantine file naming them, the good rows written.
+    out = tmp_path / "mine.jsonl"
+    done = runner.invoke(
+        app, ["convert", "llava", str(root / "mine" / "llava.json"), "--out", str(out), "--root", str(root),
+              "--option", "split=train", "--missing-threshold", "0.9"],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    quarantined = read_quarantine(out.with_name("mine.convert-quarantine.jsonl"))
+    assert sorted(r.reason for r in quarantined) == ["bad_image_path"] * 3
+    assert len(out.read_text().splitlines()) == 2

@@ -20,7 +20,8 @@ from types import ModuleType
 from typing import Any
 
 from dragonfly.config import ConfigError
-from dragonfly.data.quarantine import Converted, ConverterError, with_stage
+from dragonfly.data.quarantine import Converted, ConverterError, Rejection, with_stage
+from dragonfly.data.schema import image_path_problem, split_origin
 from dragonfly.data.sources import (
     biocaption,
     coco,
@@ -136,4 +137,18 @@ def convert(fmt: str, path: Path, root: Path, **options: Any) -> Converted:
         error.hint = "check the source's path; the synthetic data is written by `dragonfly prepare`"
         raise error
     result = FORMATS[fmt](path, root, **options)
-    return Converted(result.samples, with_stage(result.rejections, "convert"))
+    good, bad = _bad_image_paths(result.samples, Path(root))
+    return Converted(good, with_stage([*result.rejections, *bad], "convert"))
+
+
+def _bad_image_paths(samples, root: Path) -> tuple[list, list[Rejection]]:
+    """Samples whose image paths can name no file (``image_path_problem``) become rejections."""
+    good, bad = [], []
+    for sample in samples:
+        why = next(((rel, w) for rel in sample.images if (w := image_path_problem(root / rel))), None)
+        if why is None:
+            good.append(sample)
+        else:
+            file, row = split_origin(sample.origin)
+            bad.append(Rejection(sample.source, sample.id, "bad_image_path", f"{why[0]!r}: {why[1]}", file, row))
+    return good, bad

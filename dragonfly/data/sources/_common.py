@@ -123,8 +123,11 @@ def split_from_filename(path: Path) -> str:
 
 
 def rel_to_root(path: Path, root: Path) -> str:
-    """Image paths are stored relative to the data root, with forward slashes."""
-    return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
+    """Image paths are stored relative to the data root, with forward slashes. Symbolic links
+    are not followed (a linked image keeps the link's own path, not its target's outside the
+    root), and nothing here touches the file system: a path no file can have is quarantined
+    by the caller (``bad_image_path``), not raised here."""
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
 
 
 def missing_keys(rec: Mapping[str, Any], keys: Sequence[str]) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import dragonfly.model.auto  # noqa: F401  (registers the Auto classes)
-from dragonfly.errors import CheckpointError
+from dragonfly.errors import CheckpointError, DragonflyError
 from dragonfly.model.configuration import released_layout_error
 from dragonfly.model.constants import IMAGE_TOKEN
 from dragonfly.weights import load_strict
@@ -47,13 +47,50 @@ def user_message(question: str, with_image: bool = True) -> list[dict]:
     return [{"role": "user", "content": (f"{IMAGE_TOKEN}\n" if with_image else "") + question}]
 
 
+class QuestionError(DragonflyError):
+    """A question (or a generation setting) the model cannot be asked as it is."""
+
+
+def check_question(question: str, max_new_tokens: int) -> None:
+    """What needs no model: the answer length and the image placeholder."""
+    if max_new_tokens < 1:
+        raise QuestionError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if IMAGE_TOKEN in question:
+        raise QuestionError(
+            f"the question holds the image placeholder {IMAGE_TOKEN}; the image is passed on its own: "
+            "remove it from the text"
+        )
+
+
+def check_prompt(processor, question: str, length: int, max_new_tokens: int, max_positions: int | None) -> None:
+    """Control tokens (which the tokenizer would read as chat structure: a forged turn) and
+    the prompt's length against the LLM's positions."""
+    tokenizer = processor.tokenizer
+    controls = [t for t in tokenizer.all_special_tokens + list(tokenizer.get_added_vocab()) if t and t in question]
+    if controls:
+        raise QuestionError(
+            f"the question holds the control token {controls[0]!r}, which would be read as chat structure, "
+            "not text: remove it"
+        )
+    if max_positions is not None and length + max_new_tokens > max_positions:
+        raise QuestionError(
+            f"the prompt takes {length} positions and the answer up to {max_new_tokens}: more than the "
+            f"model's {max_positions}; shorten the question or lower max_new_tokens"
+        )
+
+
 @torch.inference_mode()
 def answer(model, processor, images: list, questions: list[str], max_new_tokens: int = 32) -> list[Answer]:
     """Greedy answers for (image, question) pairs, batched with left padding."""
     if len(images) != len(questions):
         raise ValueError(f"{len(images)} images but {len(questions)} questions")
+    for question in questions:
+        check_question(question, max_new_tokens)
     prompts = [processor.build_prompt(user_message(q)) for q in questions]
     inputs = processor(text=prompts, images=images, padding_side="left")
+    max_positions = getattr(model.config.text_config, "max_position_embeddings", None)
+    for question, length in zip(questions, inputs["attention_mask"].sum(dim=1).tolist(), strict=True):
+        check_prompt(processor, question, length, max_new_tokens, max_positions)
     prefill = model(**inputs)  # one forward to report which tiles the zoom kept
     generated = model.generate(
         **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id

@@ -82,10 +82,14 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON record instead of the bare answer."),
 ):
     """Answer QUESTION about IMAGE with MODEL."""
-    from dragonfly.inference import answer, load
+    from dragonfly.config import ConfigError
+    from dragonfly.inference import answer, check_question, load
     from dragonfly.model.images import load_image
     from dragonfly.registry import resolve_model
 
+    check_question(question, max_new_tokens)  # before a model is loaded
+    if viz is not None and viz.is_dir():
+        raise ConfigError(f"--viz {viz} is a folder; name the PNG file to write, e.g. {viz / 'zoom.png'}")
     net, processor = load(resolve_model(model))
     picture = load_image(image)
     result = answer(net, processor, [picture], [question], max_new_tokens)[0]

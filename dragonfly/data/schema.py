@@ -9,6 +9,7 @@ with a reason (see `quarantine.py`) instead of stopping a build.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,7 @@ class SampleTable(pa.DataFrameModel):
     n_placeholders: Series[int] = pa.Field(ge=0)
     first_user_placeholders: Series[int] = pa.Field(ge=0)
     bad_roles: Series[int] = pa.Field(eq=0)
+    control_tokens: Series[int] = pa.Field(eq=0)
     empty_turns: Series[int] = pa.Field(eq=0)
     assistant_turns: Series[int] = pa.Field(ge=1)
     first_is_user: Series[bool]
@@ -220,6 +222,7 @@ _REASON_BY_CHECK: tuple[tuple[str, str], ...] = (
     ("id", "missing_id"),
     ("source", "missing_source"),
     ("bad_roles", "bad_role"),
+    ("control_tokens", "control_token_in_text"),
     ("image_placeholder_present", "missing_image_placeholder"),
     ("placeholder_count", "image_placeholder_mismatch"),
     ("text_only_matches_images", "task_image_mismatch"),
@@ -230,6 +233,11 @@ _REASON_BY_CHECK: tuple[tuple[str, str], ...] = (
     ("starts_with_user", "bad_turn_order"),
     ("mcq_choices", "bad_choices"),
 )
+
+
+# Chat-template control tokens written into a message's text (Llama-3's <|eot_id|>, ChatML's
+# <|im_start|>, ...): the tokenizer would read them as structure, a forged turn in training.
+CONTROL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>")
 
 
 def samples_frame(samples: Sequence[Sample]) -> pd.DataFrame:
@@ -248,6 +256,7 @@ def samples_frame(samples: Sequence[Sample]) -> pd.DataFrame:
                 "n_placeholders": sum(t.text.count(IMAGE_TOKEN) for t in s.turns),
                 "first_user_placeholders": users[0].text.count(IMAGE_TOKEN) if users else 0,
                 "bad_roles": sum(t.role not in ROLES for t in s.turns),
+                "control_tokens": sum(len(CONTROL_TOKEN.findall(t.text)) for t in s.turns),
                 "empty_turns": sum(not t.text.replace(IMAGE_TOKEN, "").strip() for t in s.turns),
                 "assistant_turns": sum(t.role == "assistant" for t in s.turns),
                 "first_is_user": bool([t.role for t in s.turns if t.role != "system"][:1] == ["user"]),

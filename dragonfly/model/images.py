@@ -58,7 +58,10 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> 
     if not p.is_file():
         raise ImageLoadError(p, "file does not exist")
     if is_dicom(p):
-        return _load_dicom(p)
+        try:
+            return _load_dicom(p)
+        except NoFinitePixels as exc:
+            raise ImageLoadError(p, str(exc)) from None
     return _load_raster(p, max_pixels)
 
 
@@ -108,6 +111,8 @@ def _load_raster(path: Path, max_pixels: int) -> Image.Image:
         raise ImageTooLargeError(path, f"{exc} (max_image_pixels is {max_pixels})") from None
     except ImageLoadError:
         raise
+    except NoFinitePixels as exc:
+        raise ImageLoadError(path, str(exc)) from None
     except Exception as exc:  # decoders raise OSError, SyntaxError, struct.error, ...: all bad files
         raise ImageLoadError(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
 
@@ -125,12 +130,21 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+class NoFinitePixels(ValueError):
+    """A float image whose every value is NaN or infinite: no picture, not a black one."""
+
+
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Stretch to 0..255 over the finite values; NaN and ±inf pixels become 0."""
     arr = arr.astype(np.float64)
-    lo, hi = float(np.min(arr)), float(np.max(arr))
+    finite = np.isfinite(arr)
+    if not finite.any():
+        raise NoFinitePixels("every pixel value is NaN or infinite")
+    lo, hi = float(arr[finite].min()), float(arr[finite].max())
     if hi <= lo:
         return np.zeros(arr.shape, dtype=np.uint8)
-    return np.round((arr - lo) / (hi - lo) * 255.0).astype(np.uint8)
+    scaled = np.round((np.where(finite, arr, lo) - lo) / (hi - lo) * 255.0)
+    return scaled.astype(np.uint8)
 
 
 def _load_dicom(path: Path) -> Image.Image:

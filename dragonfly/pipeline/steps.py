@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dragonfly.config import DEFAULT_PARAMS, Profile, from_dict, load_profile, split_overrides
+from dragonfly.config import DEFAULT_PARAMS, ConfigError, Profile, from_dict, load_profile, split_overrides
 from dragonfly.data.config import DataConfig, load_data_config
 from dragonfly.files import atomic_write_json, read_jsonl
 from dragonfly.fingerprint import file_digest, fingerprint, record, recorded, up_to_date
@@ -142,7 +142,6 @@ def pretrain_vision(
     import json
     from dataclasses import asdict
 
-    from dragonfly.config import ConfigError
     from dragonfly.model.processing import TilingSpec
     from dragonfly.train.backbone import pretrain, save_backbone
 
@@ -289,10 +288,12 @@ def plan_stage(
     settings = load_settings(params, profile, sets)
     stage_cfg = load_stage(settings.profile, stage, overrides)
     mixture = settings.data.mixture(stage_cfg.data.mixture)
+    out = Path(out_dir) if out_dir else stage_dir(settings.profile, stage)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"the stage's output {out} is a file; name a folder (or a new path) with --out")
     # Before the model is built (minutes for the paper profile): a stale or failed build is
     # refused here, naming what differs from the mixture asked for.
     dataset_dir = verify_dataset(Path(settings.data.out_dir) / mixture.name, mixture)
-    out = Path(out_dir) if out_dir else stage_dir(settings.profile, stage)
     fp = fingerprint(
         _stage_config(settings.profile, stage_cfg),
         {"data": file_digest(dataset_dir.parent / MANIFEST), "init": _init_fingerprint(settings.profile, stage_cfg)},

@@ -21,6 +21,8 @@ are uploaded), and DeepSpeed's per-rank ZeRO shards resume only on that world si
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -28,11 +30,11 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dragonfly import safe_load
-from dragonfly.errors import CheckpointError  # noqa: F401  (re-exported: raised here, caught by the trainer)
+from dragonfly.errors import CheckpointError
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
@@ -259,6 +261,40 @@ def resume_point(root: Path, log: Callable[[str], object] = print, world_size: i
 
 def read_state(directory: Path) -> dict:
     return json.loads((directory / STATE).read_text())
+
+
+def _write_failure(err: BaseException) -> str | None:
+    """'disk full' / 'cannot write (...)' when ``err`` is a failed write: an OSError, or what
+    safetensors (SafetensorError) and torch.save (RuntimeError) raise for one; else None."""
+    text = str(err)
+    full = getattr(err, "errno", None) == errno.ENOSPC or "No space left" in text or "StorageFull" in text
+    if full:
+        return "disk full"
+    writer = type(err).__name__ == "SafetensorError" or (isinstance(err, RuntimeError) and "write" in text)
+    return (
+        f"cannot write ({text.splitlines()[0] if text else type(err).__name__})"
+        if isinstance(err, OSError) or writer
+        else None
+    )
+
+
+@contextlib.contextmanager
+def writing(root: Path, step: int) -> Iterator[None]:
+    """Around the save of ``step``: a failed write (a full disk) removes its temporary folder
+    and becomes one error naming the last good checkpoint, which ``--resume`` continues."""
+    try:
+        yield
+    except Exception as err:
+        why = _write_failure(err)
+        if why is None:
+            raise
+        shutil.rmtree(root / (checkpoint_name(step) + ".tmp"), ignore_errors=True)
+        good = list_checkpoints(root)
+        last = good[-1][1] if good else "none: nothing was saved yet"
+        raise CheckpointError(
+            f"{why} while saving step {step} in {root}; the last good checkpoint is {last}",
+            hint="free space (or train into another --out), then --resume",
+        ) from None
 
 
 def begin(root: Path, step: int) -> Path:

@@ -8,6 +8,7 @@ stage of the profile and each stage overrides what it needs.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,29 @@ class StageConfig:
             raise ConfigError(f"stage {self.name}: engine must be one of {ENGINES}, got {self.engine!r}")
         if self.global_batch <= 0 or self.micro_batch <= 0:
             raise ConfigError(f"stage {self.name}: global_batch and micro_batch must be positive")
+        self._validate_numbers()
+
+    def _validate_numbers(self) -> None:
+        """The numbers a typo makes fail hours later (AdamW, a division, a silent no-op): here."""
+        where = f"stage {self.name}"
+        for key, value in (("lr", self.lr), *((f"lr_per_part.{k}", v) for k, v in self.lr_per_part.items())):
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{where}: {key} must be a positive number, got {value}")
+        for key in ("save_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}: {key} must be at least 1, got {getattr(self, key)}")
+        if self.keep_last < 0:
+            raise ConfigError(f"{where}: keep_last must be 0 (keep every checkpoint) or more, got {self.keep_last}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ConfigError(f"{where}: warmup_ratio is a share of the steps, in [0, 1]; got {self.warmup_ratio}")
+        for key in ("weight_decay", "grad_clip"):
+            if not math.isfinite(getattr(self, key)) or getattr(self, key) < 0:
+                raise ConfigError(f"{where}: {key} must be 0 or more, got {getattr(self, key)}")
+        if self.epochs <= 0 or self.max_steps < 0 or self.data.max_length < 1 or self.num_workers < 0:
+            raise ConfigError(
+                f"{where}: epochs must be positive, and max_steps, num_workers, data.max_length not negative "
+                f"(got {self.epochs}, {self.max_steps}, {self.num_workers}, {self.data.max_length})"
+            )
 
     def accumulation(self, world_size: int) -> int:
         """Micro-batches per optimiser step on each rank."""

@@ -132,6 +132,11 @@ def train_stage(
     torch.manual_seed(stage.seed)
 
     model, processor = start_model(profile, stage, dataset_dir)
+    if stage.data.max_length <= model.config.image_seq_length:  # at start, not at the first batch
+        raise TrainingError(
+            f"stage {stage.name}: data.max_length {stage.data.max_length} leaves no room for text beside one "
+            f"image, which takes {model.config.image_seq_length} positions; raise data.max_length"
+        )
     trainable = set_trainable(model, stage.train)
     if stage.gradient_checkpointing:
         model.language_model.activation_checkpointing_enable()
@@ -216,6 +221,10 @@ def train_stage(
     params = [p for named in trainable.values() for _, p in named]
 
     def save(step: int) -> None:
+        with checkpoint.writing(ckpt_root, step):
+            write(step)
+
+    def write(step: int) -> None:
         tmp = ckpt_root / (checkpoint.checkpoint_name(step) + ".tmp")
         if main:
             checkpoint.begin(ckpt_root, step)

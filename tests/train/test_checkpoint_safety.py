@@ -276,3 +276,34 @@ try:
 except Exception as err:
     print("payload refused:", type(err).__name__)
 """
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 5 MB file system: room for two small checkpoints, not for a third (root mounts it)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5M", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_while_saving_names_the_last_good_checkpoint_and_leaves_no_partial_one(
+    workspace, run_cli, small_disk
+):
+    out = small_disk / "run"
+    args = ["train", "--stage", "general1", "--out", str(out), "max_steps=6", "save_every=1", "keep_last=0"]
+    result = run_cli(*args, "global_batch=2", "micro_batch=2", cwd=workspace, check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    saved = checkpoint.list_checkpoints(out / "checkpoints")
+    assert saved and lines[0] == (
+        f"error: disk full while saving step {saved[-1][0] + 1} in {out / 'checkpoints'}; "
+        f"the last good checkpoint is {saved[-1][1]}"
+    )
+    assert not list((out / "checkpoints").glob("*.tmp"))  # the partial one is gone, space is free again
+    assert checkpoint.problem(saved[-1][1]) is None

@@ -110,3 +110,11 @@ def test_a_text_only_batch_keeps_the_image_path_in_the_graph_at_zero_weight(tiny
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()
+
+
+def test_max_length_below_one_image_is_refused_at_start(workspace, run_cli):
+    args = ["train", "--stage", "general1", "--out", str(workspace / "runs" / "short"), "data.max_length=40"]
+    result = run_cli(*args, cwd=workspace, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "data.max_length 40 leaves no room for text beside one image" in result.stderr
+    assert "first batch" not in result.stdout  # refused before training began

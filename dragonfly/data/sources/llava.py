@@ -107,15 +107,22 @@ def convert(
     split = _split(path, split)
     out = Converted()
     for row, rec in enumerate(records):
-        rid = f"{source}:{rec.get('id', f'row{row}')}" if isinstance(rec, dict) else f"{source}:row{row}"
+        given = rec.get("id") if isinstance(rec, dict) else None
+        rid = f"{source}:{f'row{row}' if given is None or given == '' else given}"  # a null id: the row's
         if not isinstance(rec, dict) or not isinstance(rec.get("conversations"), list):
             out.rejections.append(malformed(source, rid, path, row, 'a record with a "conversations" list'))
             continue
         turns: list[Turn] = []
         bad = None
+        if not isinstance(given, str | int | None):
+            out.rejections.append(malformed(source, rid, path, row, 'an "id" that is a string or a number'))
+            continue
         for k, msg in enumerate(rec["conversations"]):
             if not isinstance(msg, dict) or msg.get("from") not in _ROLE:
                 bad = f'conversations[{k}] with "from" in {sorted(_ROLE)} and a "value"'
+                break
+            if not isinstance(msg.get("value"), str | None):  # a list or object would be stored as its repr
+                bad = f'conversations[{k}]["value"] as text, not a {type(msg["value"]).__name__}'
                 break
             turns.append(Turn(_ROLE[msg["from"]], str(msg.get("value") or "").strip()))
         if bad:

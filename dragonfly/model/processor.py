@@ -222,6 +222,13 @@ class DragonflyProcessor(ProcessorMixin):
             messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
+    def sequence_length(self, messages: list[dict], num_images: int) -> int:
+        """Positions the conversation takes untruncated, images expanded (no image is read)."""
+        ids = self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, tokenize=True, return_dict=True
+        )["input_ids"]
+        return len(ids) + num_images * (self.image_seq_length - 1)
+
     def encode_conversation(self, messages: list[dict], images=(), max_length: int | None = None) -> dict:
         """One training conversation → ``input_ids``, ``labels`` (assistant replies only) and image tensors.
 

@@ -56,6 +56,26 @@ class ConversationDataset(Dataset):
             raise MissingSplitError(f"{dataset_dir} has no split {split!r}; it has {', '.join(splits)}")
         return cls(splits[split], root, processor, max_length)
 
+    def without_too_long(self) -> tuple[ConversationDataset, list[dict]]:
+        """This split less the samples longer than ``max_length`` (truncation would cut their
+        reply, or all of it: a sample with nothing to learn), and a record of each left out.
+        The same on every rank: a pure function of the rows and the processor."""
+        lengths = [
+            self.processor.sequence_length(m, len(i))
+            for m, i in zip(self.rows["messages"], self.rows["images"], strict=True)
+        ]
+        over = [n for n, length in enumerate(lengths) if length > self.max_length]
+        if not over:
+            return self, []
+        ids, origins = self.rows["id"], self.rows["origin"] if "origin" in self.rows.column_names else None
+        records = [
+            {"id": ids[n], "origin": origins[n] if origins else "", "reason": "too_long", "length": lengths[n],
+             "max_length": self.max_length}
+            for n in over
+        ]  # fmt: skip
+        keep = sorted(set(range(len(lengths))) - set(over))
+        return ConversationDataset(self.rows.select(keep), self.root, self.processor, self.max_length), records
+
     def __len__(self) -> int:
         return len(self.rows)
 

@@ -34,6 +34,7 @@ from dragonfly.train.step import Window, all_finite, apply_step, to_device, weig
 from dragonfly.weights import hf_bars, unprobed
 
 METRICS_FILE = "metrics.jsonl"  # one record per logged step, beside checkpoints/
+TOO_LONG_FILE = "too_long.jsonl"  # the samples a stage leaves out as longer than data.max_length
 
 
 class TrainingError(DragonflyError):
@@ -143,6 +144,16 @@ def train_stage(
     dataset = ConversationDataset.from_mixture(
         dataset_dir, stage.data.split, data_root, processor, stage.data.max_length
     )
+    dataset, too_long = dataset.without_too_long()
+    if main and not too_long:
+        (out / TOO_LONG_FILE).unlink(missing_ok=True)  # an earlier configuration's list
+    if too_long:
+        if main:
+            write_jsonl(out / TOO_LONG_FILE, too_long)
+        console.print(
+            f"{len(too_long)} sample(s) longer than data.max_length {stage.data.max_length} (up to "
+            f"{max(r['length'] for r in too_long)} positions) left out, listed in {out / TOO_LONG_FILE}"
+        )
     total = _total_steps(stage, len(dataset))
     if total <= 0:
         raise TrainingError(

@@ -118,3 +118,16 @@ def test_max_length_below_one_image_is_refused_at_start(workspace, run_cli):
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "data.max_length 40 leaves no room for text beside one image" in result.stderr
     assert "first batch" not in result.stdout  # refused before training began
+
+
+def test_samples_longer_than_max_length_are_left_out_and_listed(workspace, run_cli):
+    """One image takes 306 positions in the tiny profile and the questions 30 to 70 more: at
+    345 truncation would cut the reply of about half the samples (before: a stage that stops
+    on "no trained tokens", again on --resume)."""
+    out = workspace / "runs" / "too-long"
+    args = ["train", "--stage", "general1", "--out", str(out), "data.max_length=345", "max_steps=2"]
+    result = run_cli(*args, "global_batch=2", "micro_batch=2", cwd=workspace)
+    listed = [json.loads(line) for line in (out / "too_long.jsonl").read_text().splitlines()]
+    assert listed and all(r["reason"] == "too_long" and r["length"] > r["max_length"] == 345 for r in listed)
+    assert f"{len(listed)} sample(s) longer than data.max_length 345" in result.stdout
+    assert len(_losses(out)) == 2

@@ -23,7 +23,7 @@ from dragonfly.errors import DragonflyError
 from dragonfly.files import append_jsonl, atomic_dir, read_jsonl, write_jsonl
 from dragonfly.fingerprint import record as record_fingerprint
 from dragonfly.model.constants import IGNORE_INDEX
-from dragonfly.train import checkpoint, state
+from dragonfly.train import checkpoint, stage_lock, state
 from dragonfly.train.config import StageConfig, stage_dir
 from dragonfly.train.console import StageReport, interactive
 from dragonfly.train.data import Collator, ConversationDataset, StepBatches
@@ -108,7 +108,17 @@ def resume_conflicts(saved: dict | None, stage: StageConfig) -> list[str]:
     )
 
 
-def train_stage(
+def train_stage(profile: Profile, stage: StageConfig, *args, out_dir: str | Path | None = None, **kwargs) -> Path:
+    """Run one stage; returns the directory of its saved model (``<out>/final``). One run at a
+    time holds the stage folder (``stage_lock``); :func:`_run_stage` has the arguments."""
+    from accelerate import PartialState
+
+    out = Path(out_dir) if out_dir else stage_dir(profile, stage.name)
+    with stage_lock.held(out, PartialState().is_main_process):
+        return _run_stage(profile, stage, *args, out_dir=out, **kwargs)
+
+
+def _run_stage(
     profile: Profile,
     stage: StageConfig,
     data_root: str | Path,

@@ -177,3 +177,25 @@ def test_paper_deepspeed_config_is_accepted(workspace):
         DeepSpeedConfig({**deepspeed_config(load_stage(profile, "general1"), 1), "train_batch_size": 63})
     cmd = launch_command("general2", "paper", nodes=2, gpus_per_node=8)
     assert cmd.startswith("torchrun --nnodes=2 --nproc_per_node=8") and "--resume" in cmd
+
+
+def test_a_second_run_into_the_same_folder_is_refused_naming_the_first(workspace, run_cli, tmp_path):
+    out = tmp_path / "dual"
+    long = ["epochs=1000", "max_steps=20000", "save_every=1000"]  # still running when the second starts
+    first = run_cli(*RUN, "--out", str(out), *CFG, *long, cwd=workspace, wait=False)
+    deadline = time.time() + 300
+    while not (out / "metrics.jsonl").is_file():
+        assert first.poll() is None and time.time() < deadline, first.stdout.read()[-3000:]
+        time.sleep(0.02)
+    second = run_cli(*RUN, "--out", str(out), *CFG, *long, "lr=3e-4", cwd=workspace, check=False)
+    assert first.poll() is None, "the first run ended before the second could meet it"
+    assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-3000:]
+    assert f"{out} is being trained by another run (pid {first.pid} on " in second.stderr
+    first.send_signal(signal.SIGTERM)  # the first run, untouched, stops cleanly (and lets go)
+    assert first.wait(timeout=300) == 143
+    from filelock import FileLock
+
+    from dragonfly.train.stage_lock import lock_path
+
+    with FileLock(lock_path(out), timeout=0):  # the folder is free again
+        pass

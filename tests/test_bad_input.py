@@ -5,6 +5,7 @@ where it can be."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -98,3 +99,17 @@ def test_an_all_nan_float_image_is_unreadable_not_black(tmp_path):
     Image.fromarray(partly).save(tmp_path / "partly.tif")
     pixels = np.asarray(load_image(tmp_path / "partly.tif"))
     assert pixels[0, :5].max() == 0 and pixels.max() == 255  # NaN as the darkest value, the rest stretched
+
+
+def test_missing_threshold_is_a_fraction(tmp_path, monkeypatch, capsys):
+    """`--missing-threshold 10` (meaning 10 %) is refused, not read as 1,000 %."""
+    from typer.testing import CliRunner
+
+    from dragonfly.cli.data import app
+
+    (tmp_path / "train.json").write_text("[]")
+    done = CliRunner().invoke(app, ["convert", "llava", str(tmp_path / "train.json"), "--out", str(tmp_path / "o.jsonl"),
+                                    "--root", str(tmp_path), "--missing-threshold", "10"])  # fmt: skip
+    text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", done.output).split())  # rich's box, unwrapped
+    assert done.exit_code == 2 and "'--missing-threshold': Input should be less than or equal to 1" in text
+    assert not (tmp_path / "o.jsonl").exists()

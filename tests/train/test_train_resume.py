@@ -68,27 +68,27 @@ def test_sigkill_then_resume_matches_uninterrupted_run(workspace, run_cli, refer
     assert {m.step for m in history} == set(range(1, 25))
 
 
+def _preempted(cmd: list[str], cwd, out, logged: int) -> tuple[str, subprocess.Popen]:
+    """Run ``cmd`` in a process group of its own; once ``logged`` steps are in its metrics,
+    SIGTERM the whole group, as a scheduler preempting the job does. (stderr, process)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DRAGONFLY_TRACKING": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while not (out / "metrics.jsonl").is_file() or len((out / "metrics.jsonl").read_text().splitlines()) < logged:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    return proc.communicate(timeout=300)[1], proc
+
+
 def test_sigterm_finishes_the_step_saves_and_resume_matches_uninterrupted_run(workspace, run_cli, reference, tmp_path):
     """As a scheduler preempts: SIGTERM to the whole process group (DataLoader worker included),
     with no periodic checkpoint due before the end."""
     out = tmp_path / "preempted"
     args = [*RUN, "--out", str(out), *CFG, "max_steps=24", "save_every=100", "num_workers=1"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DRAGONFLY_TRACKING": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dragonfly.cli", *args],
-        cwd=workspace,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    deadline = time.time() + 300
-    while not (out / "metrics.jsonl").is_file() or len((out / "metrics.jsonl").read_text().splitlines()) < 3:
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=300)
+    stderr, proc = _preempted([sys.executable, "-m", "dragonfly.cli", *args], workspace, out, logged=3)
     assert proc.returncode == 143, stderr[-3000:]
     assert "stopped by SIGTERM after step" in stderr and "Traceback" not in stderr
     saved = [step for step, _ in checkpoint.list_checkpoints(out / "checkpoints")]
@@ -107,17 +107,7 @@ def test_sigterm_under_torchrun_saves_one_agreed_step(workspace, tmp_path):
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
     launch += [f"--master_port={_free_port()}", "-m", "dragonfly.cli"]
     args = [*RUN, "--out", str(out), *CFG, "max_steps=24", "save_every=100"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DRAGONFLY_TRACKING": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [*launch, *args], cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    deadline = time.time() + 300
-    while not (out / "metrics.jsonl").is_file() or len((out / "metrics.jsonl").read_text().splitlines()) < 2:
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=300)
+    stderr, _ = _preempted([*launch, *args], workspace, out, logged=2)
     assert "stopped by SIGTERM after step" in stderr, stderr[-3000:]
     saved = checkpoint.list_checkpoints(out / "checkpoints")
     assert [step for step, _ in saved] == [max(_losses(out))]

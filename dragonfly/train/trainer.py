@@ -111,14 +111,14 @@ def resume_conflicts(saved: dict | None, stage: StageConfig) -> list[str]:
 def train_stage(profile: Profile, stage: StageConfig, *args, out_dir: str | Path | None = None, **kwargs) -> Path:
     """Run one stage; returns the directory of its saved model (``<out>/final``). One run at a
     time holds the stage folder (``stage_lock``); :func:`_run_stage` has the arguments."""
-    from accelerate import PartialState
-
     out = Path(out_dir) if out_dir else stage_dir(profile, stage.name)
-    with stage_lock.held(out, PartialState().is_main_process):
-        return _run_stage(profile, stage, *args, out_dir=out, **kwargs)
+    accelerator = make_accelerator(stage)
+    with stage_lock.held(out, accelerator.is_main_process):
+        return _run_stage(accelerator, profile, stage, *args, out_dir=out, **kwargs)
 
 
 def _run_stage(
+    accelerator,
     profile: Profile,
     stage: StageConfig,
     data_root: str | Path,
@@ -136,7 +136,6 @@ def _run_stage(
     began = time.perf_counter()
     out = Path(out_dir) if out_dir else stage_dir(profile, stage.name)
     ckpt_root = out / "checkpoints"
-    accelerator = make_accelerator(stage)
     main = accelerator.is_main_process
     # soft_wrap: a redirected log keeps long lines whole instead of rich's 80-column wrapping.
     console = Console(quiet=not main, soft_wrap=True)

@@ -38,9 +38,10 @@ TRACK_ENDS = {"general2": "general", "med3": "med"}  # the stage whose model a t
 
 def retry_unless_expected(task, task_run, state) -> bool:
     """Retry a crash (a killed worker, transient I/O), never a DragonflyError: a bad key or
-    bad data fails the same way every time, so it fails once, with its message."""
+    bad data fails the same way every time, so it fails once, with its message. A
+    DragonflyError marked ``transient`` (a checkpoint a full disk stopped) is retried."""
     error = state.data if isinstance(state.data, BaseException) else None
-    return not isinstance(error, DragonflyError)
+    return not isinstance(error, DragonflyError) or getattr(error, "transient", False)
 
 
 def _log(message: str) -> None:

@@ -263,6 +263,13 @@ def read_state(directory: Path) -> dict:
     return json.loads((directory / STATE).read_text())
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint that could not be written (a full disk): one line for a person, and
+    ``transient`` for the flow, which retries it (space may come back; the retry resumes)."""
+
+    transient = True
+
+
 def _write_failure(err: BaseException) -> str | None:
     """'disk full' / 'cannot write (...)' when ``err`` is a failed write: an OSError, or what
     safetensors (SafetensorError) and torch.save (RuntimeError) raise for one; else None."""
@@ -291,7 +298,7 @@ def writing(root: Path, step: int) -> Iterator[None]:
         shutil.rmtree(root / (checkpoint_name(step) + ".tmp"), ignore_errors=True)
         good = list_checkpoints(root)
         last = good[-1][1] if good else "none: nothing was saved yet"
-        raise CheckpointError(
+        raise CheckpointWriteError(
             f"{why} while saving step {step} in {root}; the last good checkpoint is {last}",
             hint="free space (or train into another --out), then --resume",
         ) from None

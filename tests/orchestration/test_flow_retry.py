@@ -55,3 +55,6 @@ def test_expected_errors_are_not_retried(kit, tmp_path):
     flows = _flow_module(kit.workspace(tmp_path / "checkout"))
     assert not flows.retry_unless_expected(None, None, Failed(data=ConfigError("bad key")))
     assert flows.retry_unless_expected(None, None, Failed(data=OSError("disk")))
+    from dragonfly.train.checkpoint import CheckpointWriteError  # one line for a person, retried by the flow
+
+    assert flows.retry_unless_expected(None, None, Failed(data=CheckpointWriteError("disk full while saving")))

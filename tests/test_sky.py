@@ -226,12 +226,12 @@ def test_launch_line_for_two_nodes_of_eight_gpus():
         result = run_launch(env, run_script(dry_run=True))
         assert result.returncode == 0, result.stderr[-2000:]
         assert result.stdout.strip() == (
-            f"torchrun --nnodes=2 --nproc_per_node=8 --node_rank={rank} --master_addr=192.0.2.10 "
+            f"torchrun --nnodes=2 --nproc_per_node=8 --shutdown-timeout=600 --node_rank={rank} --master_addr=192.0.2.10 "
             f"--master_port=29500 {tail}"
         )
     single = node_env({"STAGE": "general2", "TRAIN_ARGS": "max_steps=50"}, SKYPILOT_NUM_GPUS_PER_NODE=8)
     result = run_launch(single, run_script(dry_run=True))
-    assert result.stdout.strip() == f"torchrun --nnodes=1 --nproc_per_node=8 {tail} max_steps=50"
+    assert result.stdout.strip() == f"torchrun --nnodes=1 --nproc_per_node=8 --shutdown-timeout=600 {tail} max_steps=50"
     wrong = node_env({}, SKYPILOT_NODE_IPS="192.0.2.10", SKYPILOT_NUM_NODES=2)
     result = run_launch(wrong, run_script(dry_run=True))
     assert result.returncode == 1 and result.stderr.strip().splitlines() == [

@@ -105,6 +105,11 @@ def _env_world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+# How long torchrun lets its workers finish the step and save after it forwards a SIGTERM,
+# before it kills them (its default, 30 s, is less than a paper-profile step and ZeRO save).
+SIGTERM_GRACE_S = 600
+
+
 def launch_command(
     stage: str,
     profile: str = "paper",
@@ -117,6 +122,7 @@ def launch_command(
 ) -> str:
     """The torchrun line that runs ``stage`` on ``nodes`` × ``gpus_per_node`` GPUs."""
     parts = ["torchrun", f"--nnodes={nodes}", f"--nproc_per_node={gpus_per_node}"]
+    parts += [f"--shutdown-timeout={SIGTERM_GRACE_S}"]
     if nodes > 1:
         parts += [f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={port}"]
     parts += ["-m", "dragonfly.cli", "train", "--stage", stage, "--profile", profile, "--resume", *(extra or [])]

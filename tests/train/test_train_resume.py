@@ -167,6 +167,7 @@ def test_paper_deepspeed_config_is_accepted(workspace):
         DeepSpeedConfig({**deepspeed_config(load_stage(profile, "general1"), 1), "train_batch_size": 63})
     cmd = launch_command("general2", "paper", nodes=2, gpus_per_node=8)
     assert cmd.startswith("torchrun --nnodes=2 --nproc_per_node=8") and "--resume" in cmd
+    assert "--shutdown-timeout=600" in cmd  # time to finish the step and save after a SIGTERM
 
 
 def test_a_second_run_into_the_same_folder_is_refused_naming_the_first(workspace, run_cli, tmp_path):

@@ -277,8 +277,12 @@ def _ensure_registered(client, name: str) -> None:
     try:
         client.create_registered_model(name)
     except MlflowException as err:
-        if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-            raise
+        if err.error_code == ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            return
+        try:  # a registry where one may add versions but not create models: fine if it exists
+            client.get_registered_model(name)
+        except MlflowException:
+            raise err from None
 
 
 def _version_tags(metrics: Mapping[str, float], tags: Mapping[str, str] | None, model_dir: Path) -> dict[str, str]:

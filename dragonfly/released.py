@@ -223,9 +223,10 @@ def _check_v1_tower(tower_cfg, clip: Path) -> None:
     tokens = (tower_cfg.image_size // tower_cfg.patch_size) ** 2 + 1
     if tokens != V1_TOKENS_PER_TILE:
         raise ReleasedCheckpointError(
-            f"{clip}: the tower gives {tokens} tokens per tile, the v1 release {V1_TOKENS_PER_TILE}: "
-            "not a Llama-3-8B-Dragonfly(-Med)-v1 checkpoint",
-            hint="the Llama-3.1 Dragonfly (mean-pooled high tiles, no zoom selection) is not supported",
+            f"{clip}: this tower gives {tokens} tokens per tile, the v1 release's processor places "
+            f"{V1_TOKENS_PER_TILE} (CLIP ViT-B/32 at 224 px)",
+            hint="pass --vision a download of openai/clip-vit-base-patch32; a Llama-3.1 Dragonfly "
+            "(ViT-L/14 at 336 px, mean-pooled high tiles, no zoom selection) is not supported",
         )
 
 

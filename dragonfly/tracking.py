@@ -49,16 +49,19 @@ SECRET_KEYS = re.compile(r"pass|secret|token|key|signature|credential", re.I)
 
 
 def redacted(uri: str) -> str:
-    """``uri`` as it may be printed or stored: a password in its user info and the values of
-    secret-looking query keys become ``***`` (``http://alice:***@host``). URIs come from the
+    """``uri`` as it may be printed or stored: a password in its user info (a user name alone,
+    often a token) and the values of secret-looking query keys become ``***``
+    (``http://alice:***@host``). URIs come from the
     environment and often carry credentials; reports, logs and artifacts must not."""
     parts = urllib.parse.urlsplit(uri)
     pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    if parts.password is None and not any(SECRET_KEYS.search(k) for k, _ in pairs):
+    if parts.username is None and not any(SECRET_KEYS.search(k) for k, _ in pairs):
         return uri  # as given (a rebuilt sqlite:////abs/path would lose a slash)
     netloc = parts.netloc
     if parts.password is not None:
         netloc = f"{parts.username}:***@{netloc.rsplit('@', 1)[1]}"
+    elif parts.username is not None:  # a user name alone is often a token (https://TOKEN@host)
+        netloc = f"***@{netloc.rsplit('@', 1)[1]}"
     query = urllib.parse.urlencode([(k, "***" if SECRET_KEYS.search(k) else v) for k, v in pairs], safe="*")
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 

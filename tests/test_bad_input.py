@@ -67,13 +67,16 @@ def test_llava_rows_with_odd_values_are_quarantined_not_stored_as_repr(tmp_path)
         {"id": "object", "conversations": [{"from": "human", "value": {"a": 1}}, {"from": "gpt", "value": "x"}]},
         {"id": None, "conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]},
         {"id": {"x": 1}, "conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]},
-    ]
+        {"id": "img", "image": {"path": "a.png"}, "conversations": [{"from": "human", "value": "<image>\nHi?"},
+                                                                  {"from": "gpt", "value": "Hello."}]},
+    ]  # fmt: skip
     (tmp_path / "train.json").write_text(json.dumps(rows))
     result = convert("llava", tmp_path / "train.json", tmp_path, split="train")
     assert [s.id for s in result.samples] == ["llava:row2"]  # a null id takes its row's
     details = {r.id: r.detail for r in result.rejections}
-    assert {r.reason for r in result.rejections} == {"malformed_row"} and len(details) == 3
+    assert {r.reason for r in result.rejections} == {"malformed_row"} and len(details) == 4
     assert "not a list" in details["llava:list"] and "not a dict" in details["llava:object"]
+    assert '"image" as a path' in details["llava:img"]
 
 
 def test_chat_control_tokens_in_training_text_are_quarantined(tmp_path):
@@ -95,10 +98,11 @@ def test_an_all_nan_float_image_is_unreadable_not_black(tmp_path):
     with pytest.raises(ImageLoadError, match="every pixel value is NaN or infinite"):
         load_image(tmp_path / "nan.tif")
     partly = np.linspace(0, 1, 1200, dtype=np.float32).reshape(40, 30)
-    partly[0, :5] = np.nan
+    partly[0, :5], partly[1, :5] = np.nan, np.inf
     Image.fromarray(partly).save(tmp_path / "partly.tif")
     pixels = np.asarray(load_image(tmp_path / "partly.tif"))
-    assert pixels[0, :5].max() == 0 and pixels.max() == 255  # NaN as the darkest value, the rest stretched
+    assert pixels[0, :5].max() == 0 and pixels[1, :5].min() == 255  # NaN the darkest value, +inf the brightest
+    assert pixels[2, 0] < pixels[-1, -1]  # the finite values stretched
 
 
 def test_missing_threshold_is_a_fraction(tmp_path, monkeypatch, capsys):

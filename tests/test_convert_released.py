@@ -284,7 +284,9 @@ def test_bad_released_folders_are_named(tmp_path):
     config = json.loads((clip / "config.json").read_text())  # a 336-px tower, as the Llama-3.1 release's
     config["vision_config"]["image_size"] = 56
     (clip / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ReleasedCheckpointError, match="gives 197 tokens per tile, the v1 release 50"):
+    with pytest.raises(
+        ReleasedCheckpointError, match="gives 197 tokens per tile, the v1 release's processor places 50"
+    ):
         convert(src, tmp_path / "d", vision=clip)
     assert not any((tmp_path / d).exists() for d in "abcd")
 

@@ -76,6 +76,7 @@ def test_mlflow_tracking_uri_still_wins_and_its_artifacts_sit_beside_it(project,
             "p%40ss",
         ),
         ("databricks://ws?token=dapi123&x=1", "databricks://ws?token=***&x=1", "dapi123"),
+        ("https://ghp_T0KEN@mlflow.example.com", "https://***@mlflow.example.com", "ghp_T0KEN"),
         ("sqlite:////srv/mlflow.db", "sqlite:////srv/mlflow.db", None),
     ],
 )

@@ -135,16 +135,16 @@ class NoFinitePixels(ValueError):
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Stretch to 0..255 over the finite values; NaN and ±inf pixels become 0."""
+    """Stretch to 0..255 over the finite values; NaN and -inf pixels become 0, +inf 255."""
     arr = arr.astype(np.float64)
     finite = np.isfinite(arr)
     if not finite.any():
         raise NoFinitePixels("every pixel value is NaN or infinite")
     lo, hi = float(arr[finite].min()), float(arr[finite].max())
     if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    scaled = np.round((np.where(finite, arr, lo) - lo) / (hi - lo) * 255.0)
-    return scaled.astype(np.uint8)
+        return np.where(arr == np.inf, 255, 0).astype(np.uint8)
+    clipped = np.clip(np.nan_to_num(arr, nan=lo, posinf=hi, neginf=lo), lo, hi)
+    return np.round((clipped - lo) / (hi - lo) * 255.0).astype(np.uint8)
 
 
 def _load_dicom(path: Path) -> Image.Image:

@@ -319,7 +319,9 @@ def _resumable(out: Path, fp: str, log) -> bool:
     _sort_legacy_aside(aside)
     found = list_checkpoints(root)
     if found:
-        saved = _checkpoint_fingerprint(found[-1][1])
+        # The newest complete one: a half-written or half-uploaded newest checkpoint (a
+        # preemption) must not send the good ones before it aside.
+        saved = next((fp for _, path in reversed(found) if (fp := _checkpoint_fingerprint(path))), None)
         if saved == fp:
             return True
         target = _free_name(aside / (saved or "unknown"))

@@ -33,7 +33,8 @@ class StageBusyError(DragonflyError):
 
 def lock_path(out: Path) -> Path:
     key = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:20]
-    return Path(tempfile.gettempdir()) / "dragonfly-locks" / f"{key}.lock"
+    # Per user: a folder another user created first would not be writable (its umask).
+    return Path(tempfile.gettempdir()) / f"dragonfly-locks-{os.getuid()}" / f"{key}.lock"
 
 
 def _holder(note: Path) -> str:

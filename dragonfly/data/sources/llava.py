@@ -114,8 +114,8 @@ def convert(
             continue
         turns: list[Turn] = []
         bad = None
-        if not isinstance(given, str | int | None):
-            out.rejections.append(malformed(source, rid, path, row, 'an "id" that is a string or a number'))
+        if isinstance(given, bool) or not isinstance(given, str | int | None):
+            out.rejections.append(malformed(source, rid, path, row, 'an "id" that is a string or an integer'))
             continue
         for k, msg in enumerate(rec["conversations"]):
             if not isinstance(msg, dict) or msg.get("from") not in _ROLE:
@@ -129,12 +129,12 @@ def convert(
             out.rejections.append(malformed(source, rid, path, row, bad))
             continue
         raw_images = rec.get("image")
-        if raw_images is None or raw_images == "":
-            images: list[str] = []
-        elif isinstance(raw_images, list):
-            images = [str(p) for p in raw_images]
-        else:
-            images = [str(raw_images)]
+        raw = [] if raw_images is None or raw_images == "" else raw_images
+        raw = raw if isinstance(raw, list) else [raw]
+        if not all(isinstance(p, str) and p for p in raw):  # an object or number is no path
+            out.rejections.append(malformed(source, rid, path, row, '"image" as a path or a list of paths'))
+            continue
+        images: list[str] = raw
         assistant = [t.text for t in turns if t.role == "assistant"]
         out.samples.append(
             Sample(

@@ -102,7 +102,7 @@ def test_an_all_nan_float_image_is_unreadable_not_black(tmp_path):
     Image.fromarray(partly).save(tmp_path / "partly.tif")
     pixels = np.asarray(load_image(tmp_path / "partly.tif"))
     assert pixels[0, :5].max() == 0 and pixels[1, :5].min() == 255  # NaN the darkest value, +inf the brightest
-    assert pixels[2, 0] < pixels[-1, -1]  # the finite values stretched
+    assert pixels[2, 0, 0] < pixels[-1, -1, 0]  # the finite values stretched
 
 
 def test_missing_threshold_is_a_fraction(tmp_path, monkeypatch, capsys):

@@ -10,6 +10,7 @@ from dragonfly.data.config import DataConfig, load_data_config
 from dragonfly.files import atomic_write_json, read_jsonl
 from dragonfly.fingerprint import file_digest, fingerprint, record, recorded, up_to_date
 from dragonfly.tracking import Tracking
+from dragonfly.train import stage_lock
 from dragonfly.train.config import (
     BackbonePretrainConfig,
     StageConfig,
@@ -208,7 +209,13 @@ def train(
     ``progress``: a progress bar on a terminal (False: log lines only).
     """
     plan = plan_stage(stage, profile, params, overrides, out_dir, sets)  # a bad key fails before torch loads
-    out, fp = plan.out, plan.fingerprint
+    # Held before old checkpoints are sorted, so a second run cannot move a running one's aside.
+    with stage_lock.held(plan.out, stage_lock.launcher_rank_zero()):
+        return _train(plan, resume, tracking, force, log, progress)
+
+
+def _train(plan: StagePlan, resume: bool | str, tracking: Tracking | None, force: bool, log, progress: bool) -> Path:
+    stage, out, fp = plan.stage.name, plan.out, plan.fingerprint
     if not force and up_to_date(out, fp):
         if log is not None:
             log(f"stage {stage}: up to date ({out / 'final'}); skipped (--force retrains)")
@@ -321,7 +328,7 @@ def _resumable(out: Path, fp: str, log) -> bool:
     if found:
         # The newest complete one: a half-written or half-uploaded newest checkpoint (a
         # preemption) must not send the good ones before it aside.
-        saved = next((fp for _, path in reversed(found) if (fp := _checkpoint_fingerprint(path))), None)
+        saved = next((got for _, path in reversed(found) if (got := _checkpoint_fingerprint(path))), None)
         if saved == fp:
             return True
         target = _free_name(aside / (saved or "unknown"))

@@ -45,13 +45,30 @@ def _holder(note: Path) -> str:
         return "a run that left no note"
 
 
+_HELD: dict[Path, int] = {}  # lock paths this process holds, and how deeply: re-entrant
+
+
+def launcher_rank_zero() -> bool:
+    """Whether this is rank 0 of the launch, before any process group exists: torchrun's
+    ``RANK`` (the launcher's contract, as torch.distributed itself reads it), else a single process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @contextlib.contextmanager
 def held(out: Path, main: bool) -> Iterator[None]:
-    """Hold ``out`` for this run (rank 0 only: the other ranks are the same run)."""
+    """Hold ``out`` for this run (rank 0 only: the other ranks are the same run). Re-entrant:
+    the pipeline holds the folder while it sorts old checkpoints, the trainer while it trains."""
     if not main:
         yield
         return
     path = lock_path(out)
+    if path in _HELD:  # this process holds it already (the pipeline, around the trainer)
+        _HELD[path] += 1
+        try:
+            yield
+        finally:
+            _HELD[path] -= 1
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     note = path.with_suffix(".json")
     lock = FileLock(path, timeout=0)
@@ -62,10 +79,12 @@ def held(out: Path, main: bool) -> Iterator[None]:
             f"{out} is being trained by another run ({_holder(note)})",
             hint="wait for it to finish, or train into another --out",
         ) from None
+    _HELD[path] = 1
     try:
         since = time.strftime("%Y-%m-%d %H:%M:%S")
         note.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "out": str(out), "since": since}))
         yield
     finally:
+        del _HELD[path]
         note.unlink(missing_ok=True)
         lock.release()

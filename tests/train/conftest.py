@@ -85,3 +85,14 @@ def workspace(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def run_cli():
     return cli
+
+
+@pytest.fixture(scope="session")
+def new_workspace():
+    """``make_workspace`` for a test that needs a workspace of its own."""
+    return make_workspace
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    return _free_port

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import yaml
-from conftest import make_workspace
 from datasets import load_from_disk
 
 from dragonfly.data.config import DataConfig
@@ -23,10 +22,10 @@ G2 += ["group_by_length=false", "lr=1e-3", "warmup_ratio=0"]
 
 
 @pytest.fixture(scope="module")
-def mixed(tmp_path_factory):
+def mixed(tmp_path_factory, new_workspace):
     """A workspace whose mixture `tiny_mixed` holds 16 image and 16 text-only LLaVA samples."""
     root = tmp_path_factory.mktemp("mixed")
-    params = make_workspace(root, n_train=4)
+    params = new_workspace(root, n_train=4)
     text = [
         {"id": f"hermes-{i}", "conversations": [{"from": "human", "value": f"What is {i} plus {i}?"}]}
         for i in range(16)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli
 from safetensors.torch import load_file
 
 from dragonfly.inference import load
@@ -20,12 +19,12 @@ ONE_STEP += ["warmup_ratio=0", "data.mixture=tiny_general"]  # a full lr on the 
 
 
 @pytest.mark.parametrize("vision", ["clip", "siglip"])
-def test_the_paper_profile_builds_and_trains_on_backbones_transformers_4x_wrote(vision, workspace, tmp_path):
+def test_the_paper_profile_builds_and_trains_on_backbones_transformers_4x_wrote(vision, workspace, run_cli, tmp_path):
     sets = [f"model.vision={HUB / vision}", f"model.llm={HUB / 'llama3'}", "model.dtype=float32"]
     sets += [f"runs_dir={tmp_path / 'runs'}"]
     flags = ["--profile", "paper", "--params", str(workspace / "params.yaml")]
     flags += [arg for s in sets for arg in ("--set", s)]
-    cli("init", str(tmp_path / "init"), *flags, cwd=workspace)
+    run_cli("init", str(tmp_path / "init"), *flags, cwd=workspace)
     dual, llm = load_file(HUB / vision / "model.safetensors"), load_file(HUB / "llama3" / "model.safetensors")
     model, processor = load(tmp_path / "init")
     tower = model.vision_tower.state_dict()
@@ -36,7 +35,7 @@ def test_the_paper_profile_builds_and_trains_on_backbones_transformers_4x_wrote(
     assert processor.image_processor.image_mean == pytest.approx(mean)
     assert model.config.tokens_per_tile == (49 + 1 if vision == "clip" else 49)  # SigLIP has no CLS
     for stage in ("general1", "general2"):
-        done = cli("train", "--stage", stage, *flags, *ONE_STEP, cwd=workspace)
+        done = run_cli("train", "--stage", stage, *flags, *ONE_STEP, cwd=workspace)
         assert f"{stage} step 1/1" in done.stdout and "freshly initialised" not in done.stdout
     trained, _ = load(tmp_path / "runs" / "paper" / "general2" / "final")
     after = trained.vision_tower.state_dict()

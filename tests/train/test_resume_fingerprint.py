@@ -112,3 +112,17 @@ def test_resume_into_another_tracking_store_starts_a_run_there_tagged_with_the_o
     (run,) = MlflowClient(b).search_runs([e.experiment_id for e in MlflowClient(b).search_experiments()])
     assert run.data.tags[RESUMED_FROM_TAG] == old and run.info.status == "FINISHED"
     assert run.data.params  # the stage's settings, as a fresh run has them
+
+
+def test_a_half_written_newest_checkpoint_does_not_send_the_good_ones_aside(here, tmp_path, capsys):
+    """A preemption can leave the newest checkpoint without its state file (a bucket uploads
+    files in any order): the stage resumes from the one before it."""
+    out = tmp_path / "half"
+    pipeline.train("general1", "tiny", "params.yaml", STEPS, out_dir=out, log=None)
+    _interrupt(out)
+    (list_checkpoints(out / "checkpoints")[-1][1] / "trainer_state.json").unlink()
+    capsys.readouterr()
+    pipeline.train("general1", "tiny", "params.yaml", STEPS, resume="auto", out_dir=out, log=None)
+    text = capsys.readouterr().out
+    assert "resumed general1" in text and "at step 1/2" in text, text
+    assert not (out / "checkpoints.superseded").exists()

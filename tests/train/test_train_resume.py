@@ -10,7 +10,6 @@ import time
 
 import mlflow
 import pytest
-from conftest import _free_port
 from safetensors.torch import load_file
 
 from dragonfly.train import checkpoint
@@ -100,12 +99,12 @@ def test_sigterm_finishes_the_step_saves_and_resume_matches_uninterrupted_run(wo
     assert _max_diff(_weights(reference), _weights(out)) < 1e-6
 
 
-def test_sigterm_under_torchrun_saves_one_agreed_step(workspace, tmp_path):
+def test_sigterm_under_torchrun_saves_one_agreed_step(workspace, free_port, tmp_path):
     """Both ranks stop after the same step whenever the signal reaches each: one complete
     checkpoint with both ranks' RNG states (torchrun's own agent reports the signal itself)."""
     out = tmp_path / "preempted-ddp"
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
-    launch += [f"--master_port={_free_port()}", "-m", "dragonfly.cli"]
+    launch += [f"--master_port={free_port()}", "-m", "dragonfly.cli"]
     args = [*RUN, "--out", str(out), *CFG, "max_steps=24", "save_every=100"]
     stderr, _ = _preempted([*launch, *args], workspace, out, logged=2)
     assert "stopped by SIGTERM after step" in stderr, stderr[-3000:]

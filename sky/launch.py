@@ -95,12 +95,20 @@ def torchrun_line(args: argparse.Namespace, node: Node) -> str:
 
 def preflight(args: argparse.Namespace, node: Node, log=print) -> None:
     """On the head node, before any rank starts: the stage's resume decision, taken once."""
-    from dragonfly.fingerprint import up_to_date
-    from dragonfly.pipeline.steps import _resumable, plan_stage  # --resume-auto's own rule, not a copy
-    from dragonfly.train import checkpoint
+    from dragonfly.pipeline.steps import plan_stage
+    from dragonfly.train import stage_lock
 
     sets, out = plan(args)
     stage = plan_stage(args.stage, args.profile, args.params, args.overrides, out, sets)
+    with stage_lock.held(stage.out, True):  # no run of this machine may be training into it meanwhile
+        _resume_decision(stage, node, log)
+
+
+def _resume_decision(stage, node: Node, log) -> None:
+    from dragonfly.fingerprint import up_to_date
+    from dragonfly.pipeline.steps import _resumable  # --resume-auto's own rule, not a copy
+    from dragonfly.train import checkpoint
+
     if up_to_date(stage.out, stage.fingerprint):
         return  # finished: every rank reports it and skips
     if not _resumable(stage.out, stage.fingerprint, log):

@@ -23,7 +23,7 @@ from dragonfly.errors import DragonflyError
 from dragonfly.files import append_jsonl, atomic_dir, read_jsonl, write_jsonl
 from dragonfly.fingerprint import record as record_fingerprint
 from dragonfly.model.constants import IGNORE_INDEX
-from dragonfly.train import checkpoint, stage_lock, state
+from dragonfly.train import checkpoint, state
 from dragonfly.train.config import StageConfig, stage_dir
 from dragonfly.train.console import StageReport, interactive
 from dragonfly.train.data import Collator, ConversationDataset, StepBatches
@@ -108,17 +108,7 @@ def resume_conflicts(saved: dict | None, stage: StageConfig) -> list[str]:
     )
 
 
-def train_stage(profile: Profile, stage: StageConfig, *args, out_dir: str | Path | None = None, **kwargs) -> Path:
-    """Run one stage; returns the directory of its saved model (``<out>/final``). One run at a
-    time holds the stage folder (``stage_lock``); :func:`_run_stage` has the arguments."""
-    out = Path(out_dir) if out_dir else stage_dir(profile, stage.name)
-    accelerator = make_accelerator(stage)
-    with stage_lock.held(out, accelerator.is_main_process):
-        return _run_stage(accelerator, profile, stage, *args, out_dir=out, **kwargs)
-
-
-def _run_stage(
-    accelerator,
+def train_stage(
     profile: Profile,
     stage: StageConfig,
     data_root: str | Path,
@@ -136,6 +126,7 @@ def _run_stage(
     began = time.perf_counter()
     out = Path(out_dir) if out_dir else stage_dir(profile, stage.name)
     ckpt_root = out / "checkpoints"
+    accelerator = make_accelerator(stage)
     main = accelerator.is_main_process
     # soft_wrap: a redirected log keeps long lines whole instead of rich's 80-column wrapping.
     console = Console(quiet=not main, soft_wrap=True)
@@ -338,6 +329,12 @@ def _run_stage(
                 tracker.log_artifacts(final, "model")
             tracker.log_artifacts(metrics_path)
             tracker.finish()
+    accelerator.wait_for_everyone()
+    # The DDP wrapper (its reducer holds the process group) goes while every rank is still
+    # here and the group alive: freed after end_training, a gloo group's destructor can wait
+    # forever on a peer that has already exited (seen once in a loaded 2-process CI run).
+    model = optimizer = None
+    accelerator.free_memory()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final

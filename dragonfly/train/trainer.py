@@ -156,8 +156,12 @@ def train_stage(
         )
     total = _total_steps(stage, len(dataset))
     if total <= 0:
+        left_out = (
+            f" ({len(too_long)} left out as longer than data.max_length, {out / TOO_LONG_FILE})" if too_long else ""
+        )
         raise TrainingError(
-            f"stage {stage.name}: {len(dataset)} samples give no optimiser step at global_batch {stage.global_batch}"
+            f"stage {stage.name}: {len(dataset)} samples{left_out} give no optimiser step at global_batch "
+            f"{stage.global_batch}"
         )
     if note := epochs_cap(stage, len(dataset)):
         console.print(note)

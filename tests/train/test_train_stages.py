@@ -94,9 +94,12 @@ def test_config_errors_name_the_problem(workspace):
         load_stage(profile, "general9")
 
 
-def test_batches_without_trained_tokens_stop_the_run(workspace, tmp_path):
-    with pytest.raises(TrainingError, match="all labels are -100"):
+def test_samples_truncation_would_empty_never_reach_training(workspace, tmp_path):
+    """At 316 positions every sample's reply would be cut (it used to stop the run at its first
+    batch with "all labels are -100"): all are left out, listed, and the stage says so."""
+    with pytest.raises(TrainingError, match=r"0 samples \(\d+ left out as longer than data.max_length"):
         train("general1", "tiny", workspace / "params.yaml", [*SMALL, "data.max_length=316"], out_dir=tmp_path)
+    assert (tmp_path / "too_long.jsonl").read_text().count('"too_long"') > 0
 
 
 def test_non_finite_loss_saves_last_good_state_and_stops(workspace, tmp_path):

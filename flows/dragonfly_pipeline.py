@@ -1,5 +1,5 @@
-"""The Prefect flow `dragonfly-pipeline`: prepare → pretrain vision (tiny) → general1 →
-general2 → evaluate general → med1 → med2 → med3 → evaluate biomedical → register.
+"""The Prefect flow `dragonfly-pipeline`: the steps of `dragonfly.pipeline.declaration`, in
+its order (prepare, the tiny tower, each track's stages, its evaluation and registration).
 
 Every task calls one step function of `dragonfly.pipeline` and passes paths and plain
 values, never models. Steps skip themselves when their output records the same
@@ -26,14 +26,9 @@ from prefect.cache_policies import NO_CACHE
 
 from dragonfly import pipeline
 from dragonfly.errors import DragonflyError
-from dragonfly.pipeline import sky_jobs
+from dragonfly.pipeline import declaration, sky_jobs
 from dragonfly.report import loss_curves_png, pipeline_report, report_rows
 from dragonfly.tracking import Tracking, tracking_from_env
-
-GENERAL = ("general1", "general2")
-MED = ("med1", "med2", "med3")
-DEFAULT_BENCHMARKS = {"general": ["synth_general"], "med": ["synth_biomedical"]}
-TRACK_ENDS = {"general2": "general", "med3": "med"}  # the stage whose model a track evaluates
 
 
 def retry_unless_expected(task, task_run, state) -> bool:
@@ -109,7 +104,7 @@ def register_task(track: str, model_dir: str, metrics: dict, params: str, tracki
 
 def _wanted(stages: list[str] | None, known: dict) -> list[str]:
     """The stages to run, in pipeline order; an unknown name is an error."""
-    order = [s for s in (*GENERAL, *MED) if s in known]
+    order = [s for s in declaration.train_stages() if s in known]
     chosen = order if not stages else [s for s in order if s in stages]
     unknown = sorted(set(stages or ()) - set(order))
     if unknown:
@@ -143,7 +138,7 @@ def dragonfly_pipeline(
         raise DragonflyError(f"train_on must be local or sky, not {train_on!r}")
     if train_on == "sky":
         return _on_sky(profile, chosen, sets, benchmarks or {}, register, params, settings, sky)
-    benchmarks = {**DEFAULT_BENCHMARKS, **(benchmarks or {})}
+    benchmarks = {**declaration.default_benchmarks(), **(benchmarks or {})}
     base = Tracking(tracking_uri) if tracking_uri else tracking_from_env()
     parent = base.tracker(f"dragonfly-{profile}", "pipeline", tags={"dragonfly.profile": profile}) if base else None
     tracking = base.under(parent.run_id) if parent else None
@@ -156,9 +151,9 @@ def dragonfly_pipeline(
         finals = {}
         for stage in chosen:
             final = finals[stage] = train_task(stage, profile, params, sets, tracking)
-            track = TRACK_ENDS.get(stage)  # general after general2, biomedical after med3
-            if track is None:
+            if (evaluation := declaration.evaluation_after(stage)) is None:
                 continue
+            track = evaluation.track
             out = f"{eval_dir}/{track}"
             metrics = evaluate_task(track, final, benchmarks[track], params, out, eval_limit, tracking)
             entry = {"model": final, "metrics": metrics, "eval_dir": out}
@@ -202,9 +197,9 @@ def _on_sky(profile, chosen, sets, benchmarks, register, params, settings, sky) 
     tracks = {}
     for stage in chosen:
         final = sky_train_task(stage, profile, params, sets, target)
-        track = TRACK_ENDS.get(stage)
-        if track is None:
+        if (evaluation := declaration.evaluation_after(stage)) is None:
             continue
+        track = evaluation.track
         # Remote benchmarks are the profile's real ones: `all` unless named (the synthetic ones are the tiny profile's).
         metrics = sky_evaluate_task(track, stage, profile, benchmarks.get(track, []), target)
         local = sky_jobs.mirrored_model(target, profile, stage)

@@ -146,6 +146,24 @@ def prepare(
         console.print(f"[green]built[/] {name}: {result}")
 
 
+@app.command("pipeline-files")
+def pipeline_files(
+    params: Path = ParamsOption,
+    check: bool = typer.Option(False, "--check", help="Only say which files are stale (exit 1 if any)."),
+):
+    """Rewrite dvc.yaml, ablation/dvc.yaml and sky/pipeline.yaml from the pipeline's declaration
+    (dragonfly/pipeline/declaration.py) and params.yaml; run it after editing either."""
+    from dragonfly.pipeline import generate
+
+    if check:
+        if stale := generate.stale(".", params):
+            raise DragonflyError(f"stale: {', '.join(stale)}; run `dragonfly pipeline-files` to rewrite them")
+        console.print(f"up to date: {', '.join(generate.GENERATED)}")
+        return
+    changed = generate.write(".", params)
+    console.print(f"[green]rewrote[/] {', '.join(changed)}" if changed else "nothing to rewrite")
+
+
 @app.command("pretrain-vision")
 def pretrain_vision(
     profile: str = typer.Option("tiny", help="Profile name in params.yaml (a tiny profile)."),

@@ -15,11 +15,7 @@ Each step is skipped when its output records the fingerprint it would record
 
 from dragonfly.pipeline.ablate import run_ablation as ablate
 from dragonfly.pipeline.steps import (
-    EVAL_CODE,
     FINGERPRINT_TAG,
-    MODEL_CODE,
-    TOWER_CODE,
-    TRAIN_CODE,
     EvalOptions,
     Settings,
     StagePlan,
@@ -37,12 +33,8 @@ from dragonfly.pipeline.steps import (
 )
 
 __all__ = [
-    "EVAL_CODE",
     "EvalOptions",
     "FINGERPRINT_TAG",
-    "MODEL_CODE",
-    "TOWER_CODE",
-    "TRAIN_CODE",
     "Settings",
     "StagePlan",
     "ablate",

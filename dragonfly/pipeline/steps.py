@@ -9,6 +9,7 @@ from dragonfly.config import DEFAULT_PARAMS, ConfigError, Profile, from_dict, lo
 from dragonfly.data.config import DataConfig, load_data_config
 from dragonfly.files import atomic_write_json, read_jsonl
 from dragonfly.fingerprint import file_digest, fingerprint, record, recorded, up_to_date
+from dragonfly.pipeline.declaration import TOWER_LAYOUT, TOWER_SHAPE, code
 from dragonfly.tracking import Tracking
 from dragonfly.train import stage_lock
 from dragonfly.train.config import (
@@ -18,22 +19,6 @@ from dragonfly.train.config import (
     stage_dir,
     stage_names,
 )
-
-# The code each step runs, for its fingerprint: an edit elsewhere (CLI, report, registry)
-# re-runs nothing.
-MODEL_CODE = ("model", "build.py", "weights.py", "safe_load.py", "inference.py", "config.py")
-TRAIN_CODE = (*MODEL_CODE, "train", "data")
-TOWER_CODE = (
-    "train/backbone.py",
-    "train/config.py",
-    "model/tiny.py",
-    "model/specs.py",
-    "model/processing.py",
-    "model/constants.py",
-    "data/synth.py",
-    "data/labels.py",
-)
-EVAL_CODE = (*MODEL_CODE, "eval", "metrics", "data")
 
 
 @dataclass(frozen=True)
@@ -157,17 +142,12 @@ def pretrain_vision(
     out = Path(spec.vision_from)
     # What the saved tower depends on: its own sizes, the tiling it was trained on and the
     # feature layer; not the LLM's sizes nor the output path.
-    vision = {
-        k: getattr(spec, k) for k in ("tile_size", "patch_size", "vision_hidden", "vision_layers", "vision_heads")
-    }
     wanted = {
         **asdict(cfg),
-        "tower": vision,
-        "feature_layer": layout.vision_feature_layer,
-        "medium_grids": [list(g) for g in layout.medium_grids],
-        "high_grids": [list(g) for g in layout.high_grids],
+        "tower": {k: getattr(spec, k) for k in TOWER_SHAPE},
+        "layout": {k: getattr(layout, k) for k in TOWER_LAYOUT},
     }
-    fp = fingerprint(wanted, code=TOWER_CODE)
+    fp = fingerprint(wanted, code=code("tower"))
     if not force and up_to_date(out, fp):
         return out, json.loads((out / "pretrain.json").read_text())["metrics"]
     tiling = TilingSpec(tile_size=spec.tile_size, medium_grids=layout.medium_grids, high_grids=layout.high_grids)
@@ -304,7 +284,7 @@ def plan_stage(
     fp = fingerprint(
         _stage_config(settings.profile, stage_cfg),
         {"data": file_digest(dataset_dir.parent / MANIFEST), "init": _init_fingerprint(settings.profile, stage_cfg)},
-        TRAIN_CODE,
+        code("train"),
     )
     return StagePlan(settings, stage_cfg, dataset_dir, out, fp)
 
@@ -559,7 +539,7 @@ def evaluation_fingerprint(
         paths = {name: get_benchmark(name).default_path for name in benchmarks}
         # A generic benchmark has no default file: without --data it fails in `evaluate`.
         samples = {f"samples:{name}": file_digest(root / path) for name, path in paths.items() if path}
-    return fingerprint(settings, {"model": model_fingerprint(Path(model_dir)), **samples}, EVAL_CODE)
+    return fingerprint(settings, {"model": model_fingerprint(Path(model_dir)), **samples}, code("eval"))
 
 
 def register(
@@ -604,7 +584,7 @@ def register(
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
     tags = {
         FINGERPRINT_TAG: fp,
-        "dragonfly.code": code_version(TRAIN_CODE),
+        "dragonfly.code": code_version(code("train")),
         "git.commit": commit or "unknown",
         "dragonfly.lineage": str(recorded(model_dir.parent) or ""),
     }

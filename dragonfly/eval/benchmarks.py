@@ -253,11 +253,13 @@ def _lmms(
 
 
 def _registry() -> dict[str, BenchmarkSpec]:
-    specs: list[BenchmarkSpec] = [
-        *_generic(),
-        *_synth("general"),
-        *_synth("biomedical"),
-        # --- general (paper Table 1) ---
+    specs = [*_generic(), *_synth("general"), *_synth("biomedical"), *_general(), *_biomedical()]
+    return {s.name: s for s in specs}
+
+
+def _general() -> list[BenchmarkSpec]:
+    """The paper's general benchmarks (Table 1)."""
+    return [
         _lmms(
             "ai2d",
             "AI2D",
@@ -344,11 +346,15 @@ def _registry() -> dict[str, BenchmarkSpec]:
             convert_options={"split": "test"},
             reference="Table 1; lmms-eval hallusion_bench aAcc (string match, no GPT)",
         ),
-        # --- biomedical VQA (paper Table 3) ---
+    ]
+
+
+def _biomedical() -> list[BenchmarkSpec]:
+    """The paper's biomedical VQA (Table 3) and captioning / report generation (Tables 2, 4)."""
+    return [
         _medvqa("vqa_rad", "VQA-RAD", "vqa_rad", "Table 3; LLaVA-Med run_eval_batch.py"),
         _medvqa("slake", "SLAKE", "slake", "Table 3; LLaVA-Med run_eval_batch.py"),
         _medvqa("pathvqa", "Path-VQA", "pathvqa", "Table 3; LLaVA-Med run_eval_batch.py"),
-        # --- biomedical captioning / report generation (paper Tables 2 and 4) ---
         _captioning(
             "iu_xray",
             "IU X-Ray",
@@ -383,7 +389,6 @@ def _registry() -> dict[str, BenchmarkSpec]:
             reference="Table 4; COCO caption toolkit",
         ),
     ]
-    return {s.name: s for s in specs}
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = _registry()

@@ -87,6 +87,18 @@ def stats_table(stats: dict[str, Any]) -> Table:
     return table
 
 
+def cap_line(stats: dict[str, Any]) -> str | None:
+    """What the per-image cap removed and the key that controls it; None when it removed nothing."""
+    over = sum(s.get("over_image_cap", 0) for s in stats["per_source"].values())
+    if not over:
+        return None
+    key = f"data.mixtures.{stats['mixture']}.max_per_image"
+    return (
+        f"over cap: {over} training sample(s) left out as more than {stats.get('max_per_image')} per image "
+        f"({key}; null keeps every row); each is in quarantine.jsonl as over_image_cap"
+    )
+
+
 def _counts_table(title: str, counts: dict[str, int]) -> Table:
     table = Table(title=title)
     table.add_column("name")
@@ -247,6 +259,8 @@ def build_cmd(
         console.print(f"the failed build's quarantine and stats are in {out_dir}; {exc.hint}")
         raise typer.Exit(1) from None
     console.print(stats_table(result.stats))
+    if line := cap_line(result.stats):
+        console.print(line)
     console.print(f"dataset -> {result.dataset_dir}; stats -> {result.stats_path}")
 
 

@@ -102,7 +102,9 @@ class MixtureConfig:
     name: str
     sources: tuple[SourceSpec, ...]
     seed: int = 0
-    max_per_image: int | None = 8
+    # None: every row is kept. The paper's mixtures state their cap (SVIT: 8) in params.yaml;
+    # a user's mixture that says nothing loses nothing it did not ask to lose.
+    max_per_image: int | None = None
     reject_threshold: float = 0.05
     min_image_size: int = 16
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
@@ -283,6 +285,7 @@ def build_stats(
         "filtered": len(rejections) - len(errors),
         "rejected_fraction": _fraction(len(errors), n_seen),
         "reject_threshold": cfg.reject_threshold,
+        "max_per_image": cfg.max_per_image,
         "per_source": per_source,
         "per_task": dict(sorted(Counter(s.task for s in final).items())),
         "per_split": dict(sorted(Counter(s.split for s in final).items())),

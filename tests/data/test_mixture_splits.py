@@ -83,7 +83,9 @@ def test_build_cli_prints_a_total_row_that_adds_up(root: Path, monkeypatch: pyte
         "data": {
             "root": ".",
             "out_dir": "built",
-            "mixtures": {"m": {"sources": [{"name": "s", "format": "dragonfly_jsonl", "path": "s.jsonl"}]}},
+            "mixtures": {
+                "m": {"max_per_image": 8, "sources": [{"name": "s", "format": "dragonfly_jsonl", "path": "s.jsonl"}]}
+            },
         }
     }
     (root / "params.yaml").write_text(json.dumps(params))
@@ -93,3 +95,30 @@ def test_build_cli_prints_a_total_row_that_adds_up(root: Path, monkeypatch: pyte
     total = next(line for line in result.output.splitlines() if "total" in line)
     # rows, rejected, filtered, duplicates, over_image_cap, weighting, samples
     assert [int(v) for v in total.replace("│", " ").split()[1:]] == [15, 0, 0, 0, 4, 0, 11]
+
+
+def test_a_user_mixture_that_states_no_cap_keeps_every_row(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only `sources:` in params.yaml: 12 questions on one image all reach the dataset; the
+    same mixture with `max_per_image: 8` says what the cap removed and which key controls it."""
+    from typer.testing import CliRunner
+
+    from dragonfly.cli.data import app
+
+    write_samples_jsonl(_rows("train", "a.png", 12), root / "s.jsonl")
+    mixture = {"sources": [{"name": "s", "format": "dragonfly_jsonl", "path": "s.jsonl"}]}
+    monkeypatch.chdir(root)
+
+    def build(**extra) -> tuple[dict, str]:
+        params = {"data": {"root": ".", "out_dir": "built", "mixtures": {"mine": {**mixture, **extra}}}}
+        (root / "params.yaml").write_text(json.dumps(params))
+        result = CliRunner().invoke(app, ["build", "--mixture", "mine"], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        return json.loads((root / "built/mine/stats.json").read_text()), result.output
+
+    stats, printed = build()
+    assert stats["samples"] == 12 and stats["per_source"]["s"]["over_image_cap"] == 0
+    assert "over cap:" not in printed
+    stats, printed = build(max_per_image=8)
+    assert stats["samples"] == 8
+    assert "over cap: 4 training sample(s) left out as more than 8 per image" in printed
+    assert "data.mixtures.mine.max_per_image; null keeps every row" in printed

@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 
-.PHONY: install test lint run bench clean sky
+.PHONY: install test test-fast lint run bench clean sky
 
 # SkyPilot, the cluster launcher (sky/, docs/sky.md), lives in a tool environment of its own: its
 # click pin conflicts with this project's stack, and it never imports dragonfly. It is called as
@@ -31,10 +31,19 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
+# Two workers: each test has its own temporary folders, MLflow store, Prefect home and ports
+# (tests/conftest.py), so they run side by side; TEST_WORKERS=1 runs them one at a time.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q -p no:cacheprovider tests
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=15 tests
+
+# The inner loop: in-process unit tests only (no command, server or training run); see the
+# `integration` marker in tests/conftest.py.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) -m "not integration" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -82,7 +82,11 @@ REPO = Path(__file__).resolve().parents[1]
 def sky_env():
     """The python of .venv-sky, made by `make sky` as a user makes it; skipped only when PyPI
     cannot be reached."""
-    made = subprocess.run(["make", "sky"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    from filelock import FileLock
+
+    # One `make sky` at a time: parallel test workers would build .venv-sky over each other.
+    with FileLock(REPO / ".venv-sky.lock"):
+        made = subprocess.run(["make", "sky"], cwd=REPO, capture_output=True, text=True, timeout=900)
     if made.returncode != 0:
         probe = subprocess.run(
             [
@@ -104,3 +108,17 @@ def sky_env():
             pytest.skip(f"pip cannot fetch skypilot==0.14.1 from PyPI here: {probe.stderr.strip()[-300:]}")
         pytest.fail(f"make sky failed although PyPI answers:\n{made.stdout[-2000:]}\n{made.stderr[-3000:]}")
     return REPO / ".venv-sky" / "bin" / "python"
+
+
+# The two tiers (`make test-fast`: unit; `make test`: everything). A test is an integration
+# test when it runs the real commands, servers or trainings: it lives in a folder of them, takes
+# a fixture that starts them, or its module says so with `pytestmark = pytest.mark.integration`.
+INTEGRATION_FOLDERS = ("orchestration", "train")
+INTEGRATION_FIXTURES = {"run_cli", "workspace", "new_workspace", "sky_env", "flow", "kit", "flow_workspace"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        if folder in INTEGRATION_FOLDERS or INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # real commands in subprocesses: not in `make test-fast`
+
 RELEASED = Path(__file__).resolve().parent / "fixtures" / "released" / "bin"
 LOAD = (
     "m = AutoModelForImageTextToText.from_pretrained(D); p = AutoProcessor.from_pretrained(D);"

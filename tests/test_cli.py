@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from dragonfly.cli import app
 
+pytestmark = pytest.mark.integration  # real commands in subprocesses: not in `make test-fast`
+
 BIN = Path(sys.executable).parent / "dragonfly"
 runner = CliRunner()
 

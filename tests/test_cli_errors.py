@@ -16,6 +16,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file, save_file
 
+pytestmark = pytest.mark.integration  # real commands in subprocesses: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent / "dragonfly"
 

@@ -29,6 +29,8 @@ from dragonfly.inference import answer, load, user_message
 from dragonfly.released import ReleasedCheckpointError, convert, load_tensors
 from dragonfly.weights import WeightsMismatchError
 
+pytestmark = pytest.mark.integration  # real commands in subprocesses: not in `make test-fast`
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RELEASED = FIXTURES / "released"
 REFERENCE = load_file(RELEASED / "reference.safetensors")

@@ -12,6 +12,10 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # real commands in subprocesses: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "dragonfly"
 LINT = Path(sys.executable).parent / "lint-imports"

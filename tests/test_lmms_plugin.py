@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # real commands in subprocesses: not in `make test-fast`
+
 DRIVER = r"""
 import json, sys
 import torch

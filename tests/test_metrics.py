@@ -62,6 +62,7 @@ def _coco_tokenized(preds, refs):
 
 
 @needs_java
+@pytest.mark.integration  # Java METEOR and SPICE in subprocesses
 def test_caption_metrics_match_pycocoevalcap():
     gts, res = _coco_tokenized(CAP_PREDS, CAP_REFS)
     ref_bleu, ref_bleu_per = Bleu(4).compute_score(gts, res, verbose=0)

@@ -19,6 +19,8 @@ import pytest
 import yaml
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.integration  # real commands in subprocesses: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 DRAGONFLY = Path(sys.executable).parent / "dragonfly"

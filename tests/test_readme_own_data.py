@@ -17,9 +17,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import yaml
 
 from dragonfly.data.llava_example import write_example
+
+pytestmark = pytest.mark.integration  # real commands in subprocesses: not in `make test-fast`
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Train on your own data"

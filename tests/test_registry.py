@@ -26,6 +26,8 @@ from dragonfly.registry import (
     resolve_model,
 )
 
+pytestmark = pytest.mark.integration  # real commands in subprocesses: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent / "dragonfly"
 METRIC = "synth_general.vqa_open_exact_match"

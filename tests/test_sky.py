@@ -27,6 +27,8 @@ from safetensors.torch import load_file
 
 from dragonfly.train import checkpoint
 
+pytestmark = pytest.mark.integration  # real commands in subprocesses: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 SKY = REPO / "sky"
 SKY_PYTHON = REPO / ".venv-sky" / "bin" / "python"

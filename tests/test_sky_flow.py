@@ -21,6 +21,8 @@ from dragonfly.errors import DragonflyError
 from dragonfly.pipeline import sky_jobs
 from dragonfly.pipeline.sky_jobs import SkyJobError, SkyTarget
 
+pytestmark = pytest.mark.integration  # real commands in subprocesses: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET = SkyTarget(data_bucket="s3://dragonfly-test-data", ckpt_bucket="dragonfly-test-runs")
 

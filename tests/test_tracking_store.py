@@ -10,6 +10,8 @@ import pytest
 from dragonfly.config import DEFAULT_PARAMS
 from dragonfly.tracking import PARAMS, Tracking, artifact_location, project_root, tracking_from_env, tracking_uri
 
+pytestmark = pytest.mark.integration  # real commands in subprocesses: not in `make test-fast`
+
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):

@@ -24,6 +24,8 @@ from dragonfly.data.sources import FORMATS, converter_options
 from dragonfly.pipeline import prepare_data
 from dragonfly.train.config import load_stage, stage_names
 
+pytestmark = pytest.mark.integration  # real commands in subprocesses: not in `make test-fast`
+
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = REPO / "params.yaml"
 BIN = Path(sys.executable).parent / "dragonfly"

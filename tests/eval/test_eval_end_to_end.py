@@ -24,6 +24,8 @@ from dragonfly.eval import (
 from dragonfly.eval.scoring import PREDICTION_FIELDS, Prediction, read_predictions
 from dragonfly.tracking import Tracker
 
+pytestmark = pytest.mark.integration  # real commands in subprocesses: not in `make test-fast`
+
 LIMIT = 8
 
 

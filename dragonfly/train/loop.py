@@ -53,13 +53,13 @@ def describe_batch(batch: dict, tokenizer, image_token_id: int) -> str:
 def train_loop(run: Run, train_state: TrainState, report: StageReport) -> None:
     """Steps to the end of the stage, saving every save_every steps; on SIGTERM (every rank
     agreeing), save and raise Preempted."""
-    stage, accum = run.stage, run.stage.accumulation(run.accelerator.num_processes)
+    stage = run.stage
     run.model.train()
     train_state.window.reset()
     with StopOnSigterm() as stop:  # the loader's workers start inside it (and ignore SIGTERM)
         batches = _micro_batches(run, train_state)
         while train_state.step < run.total:
-            train_step(run, train_state, itertools.islice(batches, accum), report)
+            train_step(run, train_state, itertools.islice(batches, run.accum), report)
             step = train_state.step
             saved = step % stage.save_every == 0 or step == run.total
             if saved:
@@ -88,7 +88,8 @@ def _micro_batches(run: Run, train_state: TrainState):
 
 def train_step(run: Run, train_state: TrainState, micro_batches, report: StageReport) -> None:
     """One optimiser step: its micro-batches forward and backward, the step, its log line."""
-    for batch in micro_batches:
+    seen = 0
+    for seen, batch in enumerate(micro_batches, 1):
         if not (batch["labels"] != IGNORE_INDEX).any(dim=1).all():
             raise TrainingError(
                 f"stage {run.stage.name} step {train_state.step}: a sample in the batch has no trained tokens "
@@ -96,6 +97,9 @@ def train_step(run: Run, train_state: TrainState, micro_batches, report: StageRe
             )
         batch = to_device(batch, run.accelerator.device)
         train_state.window.add(forward_backward_step(run, train_state, batch), batch)
+    # accelerate steps on its own count of micro-batches: a step of another count would be lost or merged.
+    if seen != run.accum or not run.accelerator.sync_gradients:
+        raise RuntimeError(f"step {train_state.step} had {seen} micro-batches, not accelerate's {run.accum}")
     grad_norm = apply_step(run.accelerator, run.model, run.optimizer, run.scheduler, run.params, run.stage.grad_clip)
     # The norm of all-reduced gradients is the same on every rank: no collective needed.
     train_state.stepped_finitely = math.isfinite(grad_norm)

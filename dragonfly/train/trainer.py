@@ -112,6 +112,11 @@ class Run:
         return self.accelerator.is_main_process
 
     @property
+    def accum(self) -> int:
+        """Micro-batches per optimiser step on this rank."""
+        return self.stage.accumulation(self.accelerator.num_processes)
+
+    @property
     def ckpt_root(self) -> Path:
         return self.out / "checkpoints"
 

@@ -41,3 +41,21 @@ def test_train_state_reads_a_record_written_before_it(tmp_path):
     record = json.loads('{"step": 4, "stage": "general1", "total_steps": 8, "config": {}, "fingerprint": null}')
     back = TrainState.resumed(record, tmp_path / checkpoint.checkpoint_name(4))
     assert (back.step, back.mlflow_run_id, back.start_step) == (4, None, 4)
+
+
+def test_a_resumed_run_restores_the_saved_train_state(workspace, tmp_path):
+    """The state a run saved comes back whole when the stage resumes (the MLflow run included)."""
+    overrides = ["max_steps=2", "global_batch=2", "micro_batch=2", "save_every=1"]
+    tracking = Tracking(uri=f"sqlite:///{tmp_path}/mlflow.db")
+    train("general1", "tiny", workspace / "params.yaml", overrides, out_dir=tmp_path / "run", tracking=tracking)
+    (run_id,) = [r.info.run_id for r in MlflowClient(tracking.uri).search_runs(["1"])]
+    saved = checkpoint.latest_valid(tmp_path / "run" / "checkpoints")
+
+    plan = plan_stage("general1", "tiny", workspace / "params.yaml", overrides, tmp_path / "run")
+    run = build(plan.settings.profile, plan.stage, plan.settings.data.root, plan.dataset_dir, plan.out, plan.fingerprint)
+    try:
+        restored = resume_state(run)
+    finally:
+        end(run)
+    assert restored == TrainState(step=2, mlflow_run_id=run_id, resumed_from=saved, start_step=2)
+    assert not restored.stepped_finitely  # no step of the resumed run yet

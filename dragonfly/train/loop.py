@@ -89,7 +89,7 @@ def _micro_batches(run: Run, train_state: TrainState):
 def train_step(run: Run, train_state: TrainState, micro_batches, report: StageReport) -> None:
     """One optimiser step: its micro-batches forward and backward, the step, its log line."""
     seen = 0
-    for seen, batch in enumerate(micro_batches, 1):
+    for batch in micro_batches:
         if not (batch["labels"] != IGNORE_INDEX).any(dim=1).all():
             raise TrainingError(
                 f"stage {run.stage.name} step {train_state.step}: a sample in the batch has no trained tokens "
@@ -97,6 +97,7 @@ def train_step(run: Run, train_state: TrainState, micro_batches, report: StageRe
             )
         batch = to_device(batch, run.accelerator.device)
         train_state.window.add(forward_backward_step(run, train_state, batch), batch)
+        seen += 1
     # accelerate steps on its own count of micro-batches: a step of another count would be lost or merged.
     if seen != run.accum or not run.accelerator.sync_gradients:
         raise RuntimeError(f"step {train_state.step} had {seen} micro-batches, not accelerate's {run.accum}")

@@ -171,7 +171,7 @@ def train_stage(
     report = StageReport(stage.name, run.total, train_state.step, run.main, bar=progress and interactive())
     train_loop(run, train_state, report)
     final = save_final(run, report, began)
-    _end(run)
+    release(run)
     return final
 
 
@@ -335,7 +335,8 @@ def save_final(run: Run, report: StageReport, began: float) -> Path:
     return final
 
 
-def _end(run: Run) -> None:
+def release(run: Run) -> None:
+    """Ends the run's accelerator (its process group), every rank together."""
     # The DDP wrapper (its reducer holds the process group) goes while every rank is still
     # here and the group alive: freed after end_training, a gloo group's destructor can wait
     # forever on a peer that has already exited (seen once in a loaded 2-process CI run).

@@ -2,9 +2,15 @@
 
 import json
 
+from mlflow import MlflowClient
+
+from dragonfly.pipeline import train
+from dragonfly.pipeline.steps import plan_stage
+from dragonfly.tracking import Tracking
 from dragonfly.train import checkpoint
 from dragonfly.train.config import StageConfig
 from dragonfly.train.train_state import TrainState
+from dragonfly.train.trainer import build, release, resume_state
 
 
 def _commit(root, train_state, stage, fingerprint):
@@ -48,14 +54,19 @@ def test_a_resumed_run_restores_the_saved_train_state(workspace, tmp_path):
     overrides = ["max_steps=2", "global_batch=2", "micro_batch=2", "save_every=1"]
     tracking = Tracking(uri=f"sqlite:///{tmp_path}/mlflow.db")
     train("general1", "tiny", workspace / "params.yaml", overrides, out_dir=tmp_path / "run", tracking=tracking)
-    (run_id,) = [r.info.run_id for r in MlflowClient(tracking.uri).search_runs(["1"])]
+    client = MlflowClient(tracking.uri)
+    (run_id,) = [
+        r.info.run_id for r in client.search_runs([client.get_experiment_by_name("dragonfly-tiny").experiment_id])
+    ]
     saved = checkpoint.latest_valid(tmp_path / "run" / "checkpoints")
 
     plan = plan_stage("general1", "tiny", workspace / "params.yaml", overrides, tmp_path / "run")
-    run = build(plan.settings.profile, plan.stage, plan.settings.data.root, plan.dataset_dir, plan.out, plan.fingerprint)
+    run = build(
+        plan.settings.profile, plan.stage, plan.settings.data.root, plan.dataset_dir, plan.out, plan.fingerprint
+    )
     try:
         restored = resume_state(run)
     finally:
-        end(run)
+        release(run)
     assert restored == TrainState(step=2, mlflow_run_id=run_id, resumed_from=saved, start_step=2)
     assert not restored.stepped_finitely  # no step of the resumed run yet

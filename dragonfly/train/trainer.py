@@ -1,16 +1,19 @@
 """One trainer for every stage (general 1–2, Med 1–3), on accelerate (+ DeepSpeed ZeRO-1).
 
-The loop is deliberately plain: micro-batches come from :class:`StepBatches` (a pure
-function of seed and step, so resume needs no replay), gradients accumulate under
-``accelerator.accumulate`` and synchronise on the last micro-batch (the same steps on the
-plain and the DeepSpeed engine: :mod:`dragonfly.train.step`), and a checkpoint holds the
-whole training state. Rank 0 alone writes checkpoints, logs and MLflow.
+A stage is build → resume → loop → save: :func:`build` makes the model, data, optimiser
+and scheduler (a :class:`Run`), :func:`resume_state` loads the newest usable checkpoint
+into it and returns the :class:`TrainState` the loop (:mod:`dragonfly.train.loop`)
+advances, :func:`save_final` writes the model. The loop is deliberately plain:
+micro-batches come from :class:`StepBatches` (a pure function of seed and step, so resume
+needs no replay), gradients accumulate under ``accelerator.accumulate`` and synchronise on
+the last micro-batch (the same steps on the plain and the DeepSpeed engine:
+:mod:`dragonfly.train.step`), and a checkpoint holds the whole training state. Rank 0
+alone writes checkpoints, logs and MLflow.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 
@@ -19,26 +22,21 @@ from rich.console import Console
 from transformers import get_scheduler
 
 from dragonfly.config import Profile
-from dragonfly.errors import DragonflyError
-from dragonfly.files import append_jsonl, atomic_dir, read_jsonl, write_jsonl
+from dragonfly.files import atomic_dir, read_jsonl, write_jsonl
 from dragonfly.fingerprint import record as record_fingerprint
-from dragonfly.model.constants import IGNORE_INDEX
 from dragonfly.train import checkpoint, state
 from dragonfly.train.config import StageConfig, stage_dir
 from dragonfly.train.console import StageReport, interactive
 from dragonfly.train.data import Collator, ConversationDataset, StepBatches
 from dragonfly.train.deepspeed import engine_of, make_accelerator
+from dragonfly.train.loop import TrainingError, train_loop
 from dragonfly.train.parts import param_groups, set_trainable, start_model
-from dragonfly.train.preemption import Preempted, StopOnSigterm, ignore_sigterm
-from dragonfly.train.step import Window, all_finite, apply_step, to_device, weights_finite
+from dragonfly.train.preemption import ignore_sigterm
+from dragonfly.train.train_state import TrainState
 from dragonfly.weights import hf_bars, unprobed
 
 METRICS_FILE = "metrics.jsonl"  # one record per logged step, beside checkpoints/
 TOO_LONG_FILE = "too_long.jsonl"  # the samples a stage leaves out as longer than data.max_length
-
-
-class TrainingError(DragonflyError):
-    """A run that must stop (non-finite loss, empty labels); the message says why."""
 
 
 def _total_steps(stage: StageConfig, num_samples: int) -> int:
@@ -57,24 +55,6 @@ def epochs_cap(stage: StageConfig, num_samples: int) -> str | None:
             f"{num_samples} samples at global_batch {stage.global_batch} ends it first (raise epochs to train longer)"
         )
     return None
-
-
-def describe_batch(batch: dict, tokenizer, image_token_id: int) -> str:
-    """The first example of a batch decoded: prompt with images collapsed, and the trained part."""
-    ids, labels = batch["input_ids"][0], batch["labels"][0]
-    keep = batch["attention_mask"][0].bool()
-    ids, labels = ids[keep], labels[keep]
-    pieces, run = [], 0
-    for tok in ids.tolist():
-        if tok == image_token_id:
-            run += 1
-            continue
-        if run:
-            pieces.append(f"<image×{run}>")
-            run = 0
-        pieces.append(tokenizer.decode([tok]))
-    trained = tokenizer.decode(ids[labels != IGNORE_INDEX])
-    return f"input : {''.join(pieces)!r}\nlabels: {trained!r}"
 
 
 # Keys a resumed run may change: bookkeeping, and how a step is split (the same global
@@ -108,6 +88,65 @@ def resume_conflicts(saved: dict | None, stage: StageConfig) -> list[str]:
     )
 
 
+@dataclasses.dataclass
+class Run:
+    """A built stage: what every piece of the loop works on (the state it advances is a TrainState)."""
+
+    stage: StageConfig
+    out: Path
+    fingerprint: str | None
+    accelerator: object
+    console: Console
+    model: torch.nn.Module
+    processor: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    dataset: ConversationDataset
+    params: list  # the trainable parameters, clipped together
+    total: int  # optimiser steps of the whole stage
+    image_token_id: int
+    tracker: object = None  # rank 0's, when tracking
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def accum(self) -> int:
+        """Micro-batches per optimiser step on this rank."""
+        return self.stage.accumulation(self.accelerator.num_processes)
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / METRICS_FILE
+
+    def loader(self, start_step: int) -> torch.utils.data.DataLoader:
+        """This rank's micro-batches from ``start_step`` on (the step is the data position)."""
+        stage, acc = self.stage, self.accelerator
+        sampler = StepBatches(
+            self.dataset,
+            stage.global_batch,
+            stage.micro_batch,
+            acc.num_processes,
+            acc.process_index,
+            stage.seed,
+            self.total,
+            start_step,
+            stage.group_by_length,
+        )
+        return torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=stage.num_workers,
+            collate_fn=Collator(self.processor.tokenizer.pad_token_id),
+            worker_init_fn=ignore_sigterm,
+        )
+
+
 def train_stage(
     profile: Profile,
     stage: StageConfig,
@@ -125,13 +164,52 @@ def train_stage(
     False: plain log lines only, on a terminal too."""
     began = time.perf_counter()
     out = Path(out_dir) if out_dir else stage_dir(profile, stage.name)
-    ckpt_root = out / "checkpoints"
-    accelerator = make_accelerator(stage)
-    main = accelerator.is_main_process
-    # soft_wrap: a redirected log keeps long lines whole instead of rich's 80-column wrapping.
-    console = Console(quiet=not main, soft_wrap=True)
-    torch.manual_seed(stage.seed)
+    run = build(profile, stage, data_root, dataset_dir, out, fingerprint)
+    train_state = resume_state(run) if resume else TrainState()
+    _trim_metrics(run, train_state.step)
+    _start_tracker(run, tracker_factory, train_state)
+    report = StageReport(stage.name, run.total, train_state.step, run.main, bar=progress and interactive())
+    train_loop(run, train_state, report)
+    final = save_final(run, report, began)
+    release(run)
+    return final
 
+
+def build(profile: Profile, stage: StageConfig, data_root, dataset_dir, out: Path, fingerprint: str | None) -> Run:
+    """Model, data, optimiser and scheduler of a stage, prepared for its engine."""
+    accelerator = make_accelerator(stage)
+    # soft_wrap: a redirected log keeps long lines whole instead of rich's 80-column wrapping.
+    console = Console(quiet=not accelerator.is_main_process, soft_wrap=True)
+    torch.manual_seed(stage.seed)
+    model, processor, trainable = _model(profile, stage, dataset_dir)
+    dataset = _dataset(stage, data_root, dataset_dir, processor, out, accelerator.is_main_process, console)
+    total = _total_steps(stage, len(dataset))
+    optimizer = torch.optim.AdamW(param_groups(trainable, stage), lr=stage.lr, betas=(0.9, 0.999))
+    scheduler = get_scheduler(
+        stage.schedule, optimizer, num_warmup_steps=int(stage.warmup_ratio * total), num_training_steps=total
+    )
+    image_token_id = model.config.image_token_id  # read before the engine wraps the model
+    model, optimizer = accelerator.prepare(model, optimizer)
+    params = [p for named in trainable.values() for _, p in named]
+    return Run(
+        stage=stage,
+        out=out,
+        fingerprint=fingerprint,
+        accelerator=accelerator,
+        console=console,
+        model=model,
+        processor=processor,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        dataset=dataset,
+        params=params,
+        total=total,
+        image_token_id=image_token_id,
+    )
+
+
+def _model(profile: Profile, stage: StageConfig, dataset_dir):
+    """The stage's starting model and processor, and its trainable parameters by part."""
     model, processor = start_model(profile, stage, dataset_dir)
     if stage.data.max_length <= model.config.image_seq_length:  # at start, not at the first batch
         raise TrainingError(
@@ -141,6 +219,11 @@ def train_stage(
     trainable = set_trainable(model, stage.train)
     if stage.gradient_checkpointing:
         model.language_model.activation_checkpointing_enable()
+    return model, processor, trainable
+
+
+def _dataset(stage: StageConfig, data_root, dataset_dir, processor, out: Path, main: bool, console):
+    """The stage's samples, those longer than data.max_length left out and listed (rank 0)."""
     dataset = ConversationDataset.from_mixture(
         dataset_dir, stage.data.split, data_root, processor, stage.data.max_length
     )
@@ -154,8 +237,7 @@ def train_stage(
             f"{len(too_long)} sample(s) longer than data.max_length {stage.data.max_length} (up to "
             f"{max(r['length'] for r in too_long)} positions) left out, listed in {out / TOO_LONG_FILE}"
         )
-    total = _total_steps(stage, len(dataset))
-    if total <= 0:
+    if _total_steps(stage, len(dataset)) <= 0:
         left_out = (
             f" ({len(too_long)} left out as longer than data.max_length, {out / TOO_LONG_FILE})" if too_long else ""
         )
@@ -165,183 +247,103 @@ def train_stage(
         )
     if note := epochs_cap(stage, len(dataset)):
         console.print(note)
-    optimizer = torch.optim.AdamW(param_groups(trainable, stage), lr=stage.lr, betas=(0.9, 0.999))
-    scheduler = get_scheduler(
-        stage.schedule, optimizer, num_warmup_steps=int(stage.warmup_ratio * total), num_training_steps=total
-    )
-    image_token_id = model.config.image_token_id
-    model, optimizer = accelerator.prepare(model, optimizer)
+    return dataset
 
-    start_step, run_id = 0, None
-    found = _agreed_resume_point(accelerator, ckpt_root, console.print) if resume else None
-    if found is not None:
-        saved = checkpoint.read_state(found)
-        if conflicts := resume_conflicts(saved.get("config"), stage):
-            raise TrainingError(
-                f"stage {stage.name}: cannot resume {found} with a different configuration "
-                f"({'; '.join(conflicts)}); restore those values, or train into a fresh --out "
-                f"(or delete {ckpt_root})"
-            )
-        if fingerprint is not None and saved.get("fingerprint") not in (None, fingerprint):
-            # The same stage config (checked above), other inputs (a retrained previous stage, a rebuilt mixture):
-            # continuing would mix two runs into one model.
-            raise TrainingError(
-                f"stage {stage.name}: cannot resume {found}: it was trained from other inputs "
-                f"(fingerprint {saved['fingerprint'][:12]} vs {fingerprint[:12]}); train into a "
-                f"fresh --out (or delete {ckpt_root})"
-            )
-        state.load(found, accelerator, model, optimizer, scheduler, console.print)
-        start_step, run_id = saved["step"], saved.get("mlflow_run_id")
-        console.print(f"[cyan]resumed[/] {stage.name} from {found} at step {start_step}/{total}")
-    metrics_path = out / METRICS_FILE
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        old = read_jsonl(metrics_path) if metrics_path.is_file() else []
-        write_jsonl(metrics_path, [r for r in old if r["step"] <= start_step])  # drop steps redone after resume
-    tracker = tracker_factory(stage, run_id) if (main and tracker_factory) else None
-    if tracker is not None and tracker.resumed_elsewhere:
-        console.print(
-            f"MLflow: run {run_id} of the checkpoint is not in this tracking store; logging to "
-            f"a new run {tracker.run_id} tagged with it (steps before {start_step} are in the old run)"
+
+def resume_state(run: Run) -> TrainState:
+    """The state of the newest usable checkpoint, loaded into the run; a fresh state when there is none."""
+    found = _agreed_resume_point(run.accelerator, run.ckpt_root, run.console.print)
+    if found is None:
+        return TrainState()
+    saved = checkpoint.read_state(found)
+    _check_resumable(run, found, saved)
+    state.load(found, run.accelerator, run.model, run.optimizer, run.scheduler, run.console.print)
+    train_state = TrainState.resumed(saved, found)
+    run.console.print(f"[cyan]resumed[/] {run.stage.name} from {found} at step {train_state.step}/{run.total}")
+    return train_state
+
+
+def _check_resumable(run: Run, found: Path, saved: dict) -> None:
+    """Refuse a checkpoint of another configuration or of other inputs."""
+    stage, root, fingerprint = run.stage, run.ckpt_root, run.fingerprint
+    if conflicts := resume_conflicts(saved.get("config"), stage):
+        raise TrainingError(
+            f"stage {stage.name}: cannot resume {found} with a different configuration "
+            f"({'; '.join(conflicts)}); restore those values, or train into a fresh --out "
+            f"(or delete {root})"
         )
-    if tracker is not None and tracker.run_id != run_id:
+    if fingerprint is not None and saved.get("fingerprint") not in (None, fingerprint):
+        # The same stage config (checked above), other inputs (a retrained previous stage, a rebuilt mixture):
+        # continuing would mix two runs into one model.
+        raise TrainingError(
+            f"stage {stage.name}: cannot resume {found}: it was trained from other inputs "
+            f"(fingerprint {saved['fingerprint'][:12]} vs {fingerprint[:12]}); train into a "
+            f"fresh --out (or delete {root})"
+        )
+
+
+def _trim_metrics(run: Run, start_step: int) -> None:
+    """Rank 0 drops the logged steps after ``start_step``: a resumed run logs them again."""
+    if run.main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        old = read_jsonl(run.metrics_path) if run.metrics_path.is_file() else []
+        write_jsonl(run.metrics_path, [r for r in old if r["step"] <= start_step])
+
+
+def _start_tracker(run: Run, tracker_factory, train_state: TrainState) -> None:
+    """Rank 0's tracker, continuing the checkpoint's MLflow run; the state then names the run it logs to."""
+    resumed_id = train_state.mlflow_run_id
+    tracker = tracker_factory(run.stage, resumed_id) if (run.main and tracker_factory) else None
+    if tracker is not None and tracker.resumed_elsewhere:
+        run.console.print(
+            f"MLflow: run {resumed_id} of the checkpoint is not in this tracking store; logging to "
+            f"a new run {tracker.run_id} tagged with it (steps before {train_state.step} are in the old run)"
+        )
+    if tracker is not None and tracker.run_id != resumed_id:
         tracker.log_params(
             {
-                "stage": dataclasses.asdict(stage),
-                "world_size": accelerator.num_processes,
-                "engine": engine_of(stage),
-                "total_steps": total,
-                "num_samples": len(dataset),
+                "stage": dataclasses.asdict(run.stage),
+                "world_size": run.accelerator.num_processes,
+                "engine": engine_of(run.stage),
+                "total_steps": run.total,
+                "num_samples": len(run.dataset),
             }
         )
+    run.tracker = tracker
+    train_state.mlflow_run_id = tracker.run_id if tracker else None
 
-    sampler = StepBatches(
-        dataset,
-        stage.global_batch,
-        stage.micro_batch,
-        accelerator.num_processes,
-        accelerator.process_index,
-        stage.seed,
-        total,
-        start_step,
-        stage.group_by_length,
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=stage.num_workers,
-        collate_fn=Collator(processor.tokenizer.pad_token_id),
-        worker_init_fn=ignore_sigterm,
-    )
-    params = [p for named in trainable.values() for _, p in named]
 
-    def save(step: int) -> None:
-        with checkpoint.writing(ckpt_root, step):
-            write(step)
-
-    def write(step: int) -> None:
-        tmp = ckpt_root / (checkpoint.checkpoint_name(step) + ".tmp")
-        if main:
-            checkpoint.begin(ckpt_root, step)
-        accelerator.wait_for_everyone()
-        hashes = state.save(tmp, accelerator, model, optimizer, scheduler)
-        accelerator.wait_for_everyone()
-        if main:
-            checkpoint.commit(
-                tmp,
-                {
-                    "step": step,
-                    "stage": stage.name,
-                    "mlflow_run_id": tracker.run_id if tracker else None,
-                    "total_steps": total,
-                    "config": dataclasses.asdict(stage),
-                    "fingerprint": fingerprint,
-                },
-                stage.keep_last,
-                hashes,
-            )
-        accelerator.wait_for_everyone()
-
-    model.train()
-    step, window, shown = start_step, Window(), start_step > 0
-    # Whether the current weights came out of a step of THIS run that had a finite loss and
-    # gradient norm: only such a state may be saved as "the last good state" on a NaN.
-    stepped_finitely = False
-    report = StageReport(stage.name, total, start_step, main, bar=progress and interactive())
-    with StopOnSigterm() as stop:
-        for batch in loader:
-            if not shown:
-                console.print(
-                    f"[bold]first batch of {stage.name}[/]\n{describe_batch(batch, processor.tokenizer, image_token_id)}"
-                )
-                shown = True
-            if not (batch["labels"] != IGNORE_INDEX).any(dim=1).all():
-                raise TrainingError(
-                    f"stage {stage.name} step {step}: a sample in the batch has no trained tokens "
-                    "(all labels are -100); check the chat template and truncation"
-                )
-            batch = to_device(batch, accelerator.device)
-            # accumulate: no gradient sync (DDP) and no engine step (DeepSpeed) but on a step's last micro-batch.
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                if not all_finite(accelerator, loss):
-                    if stepped_finitely and all_finite(accelerator, weights_finite(model)):
-                        save(step)
-                        raise TrainingError(
-                            f"stage {stage.name}: non-finite loss at step {step}; saved the last good "
-                            f"state as checkpoint {checkpoint.checkpoint_name(step)}"
-                        )
-                    raise TrainingError(_nothing_saved(stage.name, step, ckpt_root, found, step == start_step))
-                accelerator.backward(loss)  # unscaled: accelerate or the engine divides by accum, once
-            window.add(loss.detach(), batch)
-            if not accelerator.sync_gradients:
-                continue
-            grad_norm = apply_step(accelerator, model, optimizer, scheduler, params, stage.grad_clip)
-            # The norm of all-reduced gradients is the same on every rank: no collective needed.
-            stepped_finitely = math.isfinite(grad_norm)
-            step += 1
-            report.advance()
-            if step % stage.log_every == 0 or step == total:
-                record = window.flush(accelerator, step, scheduler.get_last_lr()[0], grad_norm)
-                report.record(record)
-                if main:
-                    append_jsonl(metrics_path, record)
-                    if tracker is not None:
-                        tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
-            saved_now = step % stage.save_every == 0 or step == total
-            if saved_now:
-                save(step)
-            if step < total and stop.agreed(accelerator):
-                if not saved_now:
-                    save(step)
-                report.close()
-                raise Preempted(
-                    f"stage {stage.name}: stopped by SIGTERM after step {step}/{total}, saved as "
-                    f"{ckpt_root / checkpoint.checkpoint_name(step)}; rerun with --resume to continue"
-                )
-    report.close()
-    final = out / "final"
-    if main:
+def save_final(run: Run, report: StageReport, began: float) -> Path:
+    """Rank 0 saves the model and processor as ``<out>/final``, then its fingerprint, and
+    closes the tracker with the model and the metrics."""
+    final, accelerator = run.out / "final", run.accelerator
+    if run.main:
         # unprobed: save_pretrained unwraps through accelerate, which imports DeepSpeed (a no-op in DeepSpeed runs).
         with atomic_dir(final) as tmp, hf_bars(report.bar is not None), unprobed():
-            state.unwrap(accelerator, model).save_pretrained(tmp, state_dict=state.model_state_dict(accelerator, model))
-            processor.save_pretrained(tmp)
-        if fingerprint is not None:
-            record_fingerprint(out, fingerprint, final, stage=stage.name, seconds=round(time.perf_counter() - began, 3))
-        if tracker is not None:
-            if stage.log_model_artifact:
-                tracker.log_artifacts(final, "model")
-            tracker.log_artifacts(metrics_path)
-            tracker.finish()
+            weights = state.model_state_dict(accelerator, run.model)
+            state.unwrap(accelerator, run.model).save_pretrained(tmp, state_dict=weights)
+            run.processor.save_pretrained(tmp)
+        if run.fingerprint is not None:
+            seconds = round(time.perf_counter() - began, 3)
+            record_fingerprint(run.out, run.fingerprint, final, stage=run.stage.name, seconds=seconds)
+        if run.tracker is not None:
+            if run.stage.log_model_artifact:
+                run.tracker.log_artifacts(final, "model")
+            run.tracker.log_artifacts(run.metrics_path)
+            run.tracker.finish()
     accelerator.wait_for_everyone()
+    return final
+
+
+def release(run: Run) -> None:
+    """Ends the run's accelerator (its process group), every rank together."""
     # The DDP wrapper (its reducer holds the process group) goes while every rank is still
     # here and the group alive: freed after end_training, a gloo group's destructor can wait
     # forever on a peer that has already exited (seen once in a loaded 2-process CI run).
-    model = optimizer = None
-    accelerator.free_memory()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return final
+    run.model = run.optimizer = None
+    run.accelerator.free_memory()
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
 
 
 def _agreed_resume_point(accelerator, root: Path, log) -> Path | None:
@@ -362,22 +364,3 @@ def _agreed_resume_point(accelerator, root: Path, log) -> Path | None:
     if choice == -2:
         raise checkpoint.CheckpointError(f"--resume: no usable checkpoint in {root} (rank 0 says why)")
     return None if choice == -1 else root / checkpoint.checkpoint_name(choice)
-
-
-def _nothing_saved(stage: str, step: int, root: Path, resumed_from: Path | None, at_once: bool) -> str:
-    """The NaN-guard message when no state of this run is known good: which checkpoint to use.
-    ``at_once``: the run failed before its first step, so ``resumed_from`` itself is bad."""
-    existing = [path for _, path in checkpoint.list_checkpoints(root)]
-    message = (
-        f"stage {stage}: non-finite loss at step {step}; nothing was saved (no step of this run "
-        "ended with a finite loss, gradient norm and weights)"
-    )
-    if resumed_from is not None and at_once:
-        before = [path for path in existing if path.name < resumed_from.name]
-        message += f"; it resumed from {resumed_from}, which fails at once"
-        if before:
-            return message + f": go back to {before[-1]} (move {resumed_from.name} aside, then --resume)"
-        return message + " and has no checkpoint before it: move it aside and train afresh"
-    if existing:
-        return message + f"; the newest checkpoint is {existing[-1]}: --resume continues from it"
-    return message + "; there is no checkpoint: train afresh (a lower lr?)"

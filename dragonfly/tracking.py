@@ -114,8 +114,23 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def metric_values(results: Mapping[str, Mapping]) -> dict[str, float]:
+    """``{benchmark: {key: value}}`` → ``{"benchmark.key": value}``: the numbers only (a bool,
+    a string, a nested mapping is left out), the names MLflow and a registry track's metric use."""
+    return {
+        f"{group}.{key}": float(value)
+        for group, values in results.items()
+        for key, value in values.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
 class Tracker:
-    """A handle on one MLflow run (created, or reopened by id)."""
+    """A handle on one MLflow run (created, or reopened by id). As a context manager it
+    ends the run FINISHED (or :attr:`outcome`, e.g. KILLED for a skipped evaluation), and
+    FAILED when the block raises; the exception propagates."""
+
+    outcome = "FINISHED"
 
     def __init__(
         self,
@@ -192,3 +207,9 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.finish(self.outcome if exc_type is None else "FAILED")

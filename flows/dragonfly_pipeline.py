@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -147,8 +148,8 @@ def dragonfly_pipeline(
     base = Tracking(tracking_uri) if tracking_uri else tracking_from_env()
     parent = base.tracker(f"dragonfly-{profile}", "pipeline", tags={"dragonfly.profile": profile}) if base else None
     tracking = base.under(parent.run_id) if parent else None
-    status, summary = "FAILED", {"profile": profile, "stages": chosen, "tracks": {}}
-    try:
+    summary = {"profile": profile, "stages": chosen, "tracks": {}}
+    with parent or nullcontext():
         prepare_task(params)
         model = settings.profile.model
         if model.source == "tiny" and model.tiny.vision_from:
@@ -181,11 +182,7 @@ def dragonfly_pipeline(
         if rows:
             create_table_artifact(key="dragonfly-metrics", table=rows, description="Evaluation metrics")
         summary["report"] = report
-        status = "FINISHED"
         return summary
-    finally:
-        if parent is not None:
-            parent.finish(status)
 
 
 def _on_sky(profile, chosen, sets, benchmarks, register, params, settings, sky) -> dict:

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from dragonfly.config import DEFAULT_PARAMS
-from dragonfly.tracking import PARAMS, Tracking, artifact_location, project_root, tracking_from_env, tracking_uri
+from dragonfly.tracking import (
+    PARAMS,
+    Tracking,
+    artifact_location,
+    metric_values,
+    project_root,
+    tracking_from_env,
+    tracking_uri,
+)
 
 
 @pytest.fixture
@@ -86,3 +94,24 @@ def test_the_report_names_the_store_without_its_credentials(uri, shown, secret):
 
     report = pipeline_report({"profile": "tiny", "stages": [], "tracks": {}, "mlflow_run_id": "r1"}, uri)
     assert f"`{shown}`" in report and (secret is None or secret not in report)
+
+
+def test_a_tracker_ends_its_run_failed_when_the_block_raises_and_finished_when_it_returns(project):
+    tracking = tracking_from_env({})
+    with pytest.raises(RuntimeError, match="boom"), tracking.tracker("dragonfly-tiny", "broken") as broken:
+        broken.log_metrics({"loss": 1.0}, 1)
+        raise RuntimeError("boom")  # propagates: the run records the failure, the caller still sees it
+    with tracking.tracker("dragonfly-tiny", "fine") as fine:
+        fine.log_metrics({"loss": 0.5}, 1)
+    with tracking.tracker("dragonfly-tiny", "skipped") as skipped:
+        skipped.outcome = "KILLED"
+
+    def status(tracker):
+        return tracker.client.get_run(tracker.run_id).info.status
+
+    assert (status(broken), status(fine), status(skipped)) == ("FAILED", "FINISHED", "KILLED")
+
+
+def test_metric_values_flattens_benchmarks_to_numbers_only():
+    results = {"vqa": {"accuracy": 0.5, "n": 4, "ok": True, "note": "x"}, "mcq": {"accuracy": 1}}
+    assert metric_values(results) == {"vqa.accuracy": 0.5, "vqa.n": 4.0, "mcq.accuracy": 1.0}

@@ -8,6 +8,7 @@ benchmark is one MLflow run (nested under an "eval" parent run for `--benchmark 
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -183,30 +184,26 @@ def eval_command(
     options = EvalOptions(
         root=root, data=data, split=split, sources=tuple(source) if source else None, max_new_tokens=max_new_tokens
     )
-    status = "FAILED"
     try:
-        results = evaluate(
-            model,
-            [s.name for s in specs],
-            None,
-            out,
-            limit,
-            batch_size,
-            tracking,
-            progress and sys.stderr.isatty(),  # tqdm bars would flood a redirected log
-            force,
-            console.print,
-            options,
-            skip_missing=benchmark == "all",
-            experiment=experiment,
-        )
-        status = "FINISHED"
+        with parent or nullcontext():
+            results = evaluate(
+                model,
+                [s.name for s in specs],
+                None,
+                out,
+                limit,
+                batch_size,
+                tracking,
+                progress and sys.stderr.isatty(),  # tqdm bars would flood a redirected log
+                force,
+                console.print,
+                options,
+                skip_missing=benchmark == "all",
+                experiment=experiment,
+            )
     except (NoSamplesError, FileNotFoundError) as err:
         console.print(f"[red]error[/]: {err}")
         raise typer.Exit(1) from None
-    finally:
-        if parent is not None:
-            parent.finish(status)
     for name, metrics in results.items():
         if is_skipped(metrics):
             console.print(f"[yellow]{name} skipped[/]: {metrics['skipped']}")

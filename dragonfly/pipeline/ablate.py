@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from dragonfly.eval.evaluator import PREDICTIONS_FILE
 from dragonfly.eval.scoring import read_predictions
 from dragonfly.files import atomic_write_json, read_jsonl
 from dragonfly.fingerprint import details, up_to_date
-from dragonfly.tracking import Tracking, tracking_uri
+from dragonfly.tracking import Tracking, metric_values, tracking_uri
 from dragonfly.train.config import load_stage
 
 VARIANT_FILE = "variant.json"
@@ -203,8 +204,7 @@ def _run_variant(plan: Plan, name: str, layout: Mapping, parent_id: str | None) 
             parent_run_id=parent_id,
             tags={"dragonfly.ablation.variant": name, "dragonfly.profile": plan.profile},
         )
-    status = "FAILED"
-    try:
+    with tracker or nullcontext():
         final, seconds, losses, reused_stages = _train_variant(plan, name, layout, tracker.run_id if tracker else None)
         metrics, distinct, eval_seconds, reused_evals = _evaluate_variant(plan, name, final)
         cfg = AutoConfig.from_pretrained(final)
@@ -228,11 +228,7 @@ def _run_variant(plan: Plan, name: str, layout: Mapping, parent_id: str | None) 
         atomic_write_json(plan.out_dir / name / VARIANT_FILE, result.to_dict(), indent=2, sort_keys=True, default=str)
         if tracker is not None:
             _log_variant(tracker, plan, result)
-        status = "FINISHED"
         return result
-    finally:
-        if tracker is not None:
-            tracker.finish(status)
 
 
 def _log_variant(tracker, plan: Plan, result: VariantResult) -> None:
@@ -246,13 +242,7 @@ def _log_variant(tracker, plan: Plan, result: VariantResult) -> None:
             "eval_limit": plan.eval_limit,
         }
     )
-    numbers = {
-        f"{bench}.{key}": float(value)
-        for bench, values in {**result.metrics, **result.figures()}.items()
-        for key, value in values.items()
-        if isinstance(value, int | float)
-    }
-    tracker.log_metrics(numbers)
+    tracker.log_metrics(metric_values({**result.metrics, **result.figures()}))
     tracker.set_tags({"dragonfly.ablation.reused": str(result.reused).lower()})
     variant_dir = plan.out_dir / result.name
     tracker.log_artifacts(variant_dir / VARIANT_FILE)
@@ -369,8 +359,7 @@ def run_ablation(
                 "out_dir": str(out_dir),
             }
         )
-    status = "FAILED"
-    try:
+    with parent or nullcontext():
         results = {n: _run_variant(plan, n, known[n], parent.run_id if parent else None) for n in names}
         settings = {
             "profile": profile,
@@ -385,10 +374,6 @@ def run_ablation(
         if parent is not None:
             for path in files.values():
                 parent.log_artifacts(path, "ablation")
-        status = "FINISHED"
-    finally:
-        if parent is not None:
-            parent.finish(status)
     reused = [n for n, r in results.items() if r.reused]
     plan.console.print(
         f"[green]ablation written[/] {files['markdown']}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from dragonfly.config import DEFAULT_PARAMS, ConfigError, Profile, from_dict, lo
 from dragonfly.data.config import DataConfig, load_data_config
 from dragonfly.files import atomic_write_json, read_jsonl
 from dragonfly.fingerprint import file_digest, fingerprint, record, recorded, up_to_date
-from dragonfly.tracking import Tracking
+from dragonfly.tracking import Tracking, metric_values
 from dragonfly.train import stage_lock
 from dragonfly.train.config import (
     BackbonePretrainConfig,
@@ -175,14 +176,13 @@ def pretrain_vision(
     save_backbone(tower, out, metrics, wanted)
     record(out, fp, out, step="vision_pretrain")
     if tracking is not None:
-        tracker = tracking.tracker(
+        with tracking.tracker(
             f"dragonfly-{prof.name}",
             "vision_pretrain",
             tags={"dragonfly.stage": "vision_pretrain", "dragonfly.profile": prof.name},
-        )
-        tracker.log_params(wanted)
-        tracker.log_metrics({k: float(v) for k, v in metrics.items()})
-        tracker.finish()
+        ) as tracker:
+            tracker.log_params(wanted)
+            tracker.log_metrics({k: float(v) for k, v in metrics.items()})
     return out, metrics
 
 
@@ -471,32 +471,29 @@ def evaluate(
         if loaded is None and judge_unavailable(get_benchmark(name)) is None:
             loaded = load(model_dir)  # once, shared by every benchmark; never for one skipped (no judge)
         tracker = tracking.tracker(experiment, f"eval-{name}") if tracking is not None else None
-        status = "FAILED"
-        try:
-            results[name] = evaluate_one(
-                model_dir,
-                name,
-                options.data,
-                root,
-                out_dir / name,
-                batch_size,
-                limit,
-                tracker,
-                max_new_tokens=options.max_new_tokens,
-                split=options.split,
-                sources=options.sources,
-                loaded=loaded,
-                progress=progress,
-            )
-            status = "FINISHED"
-        except (NoSamplesError, FileNotFoundError) as err:
-            if not skip_missing:
-                raise
-            log(f"skip {name}: {err}")
-            status = "KILLED"
-        finally:
-            if tracker is not None:
-                tracker.finish(status)
+        with tracker or nullcontext():
+            try:
+                results[name] = evaluate_one(
+                    model_dir,
+                    name,
+                    options.data,
+                    root,
+                    out_dir / name,
+                    batch_size,
+                    limit,
+                    tracker,
+                    max_new_tokens=options.max_new_tokens,
+                    split=options.split,
+                    sources=options.sources,
+                    loaded=loaded,
+                    progress=progress,
+                )
+            except (NoSamplesError, FileNotFoundError) as err:
+                if not skip_missing:
+                    raise
+                log(f"skip {name}: {err}")
+                if tracker is not None:
+                    tracker.outcome = "KILLED"
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(summary_path, {**previous, **results}, indent=2, sort_keys=True)
     record(
@@ -589,12 +586,7 @@ def register(
     if tracking is None:
         raise DragonflyError("registering a model needs MLflow tracking", hint="unset DRAGONFLY_TRACKING=0")
     cfg, model_dir = tracks[track], Path(model_dir)
-    flat = {
-        f"{bench}.{key}": float(value)
-        for bench, values in metrics.items()
-        for key, value in values.items()
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    }
+    flat = metric_values(metrics)
     fp = fingerprint(
         asdict(cfg), {"model": model_fingerprint(model_dir), "metrics": str(sorted(flat.items()))}, ("registry.py",)
     )
@@ -608,14 +600,9 @@ def register(
         "git.commit": commit or "unknown",
         "dragonfly.lineage": str(recorded(model_dir.parent) or ""),
     }
-    tracker = tracking.tracker("dragonfly-registry", f"register-{track}")
-    status = "FAILED"
-    try:
+    with tracking.tracker("dragonfly-registry", f"register-{track}") as tracker:
         tracker.log_metrics(flat)
         result = register_version(model_dir, flat, cfg, tags, run_id=tracker.run_id, uri=tracking.uri)
-        status = "FINISHED"
-    finally:
-        tracker.finish(status)
     log(f"{result.name} version {result.version} @candidate; {result.reason}")
     return asdict(result)
 

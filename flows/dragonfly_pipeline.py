@@ -125,7 +125,7 @@ def dragonfly_pipeline(
     overrides: list[str] | None = None,
     benchmarks: dict[str, list[str]] | None = None,
     eval_limit: int | None = None,
-    register: bool = True,
+    register_models: bool = True,
     params: str = "params.yaml",
     eval_dir: str = "eval",
     tracking_uri: str | None = None,
@@ -143,7 +143,7 @@ def dragonfly_pipeline(
     if train_on not in ("local", "sky"):
         raise DragonflyError(f"train_on must be local or sky, not {train_on!r}")
     if train_on == "sky":
-        return _on_sky(profile, chosen, sets, benchmarks or {}, register, params, settings, sky)
+        return _on_sky(profile, chosen, sets, benchmarks or {}, register_models, params, settings, sky)
     benchmarks = {**DEFAULT_BENCHMARKS, **(benchmarks or {})}
     base = Tracking(tracking_uri) if tracking_uri else tracking_from_env()
     parent = base.tracker(f"dragonfly-{profile}", "pipeline", tags={"dragonfly.profile": profile}) if base else None
@@ -163,7 +163,7 @@ def dragonfly_pipeline(
             out = f"{eval_dir}/{track}"
             metrics = evaluate_task(track, final, benchmarks[track], params, out, eval_limit, tracking)
             entry = {"model": final, "metrics": metrics, "eval_dir": out}
-            if register:
+            if register_models:
                 entry["registration"] = register_task(track, final, metrics, params, tracking)
             summary["tracks"][track] = entry
         summary["mlflow_run_id"] = parent.run_id if parent else None
@@ -185,7 +185,7 @@ def dragonfly_pipeline(
         return summary
 
 
-def _on_sky(profile, chosen, sets, benchmarks, register, params, settings, sky) -> dict:
+def _on_sky(profile, chosen, sets, benchmarks, register_models, params, settings, sky) -> dict:
     """The stages as SkyPilot managed jobs, one after the other, each waited for; each
     track's evaluation as one more. The data is the data bucket's (mixtures built where the
     data is, docs/sky.md), so nothing is prepared here."""
@@ -207,9 +207,9 @@ def _on_sky(profile, chosen, sets, benchmarks, register, params, settings, sky) 
         local = sky_jobs.mirrored_model(target, profile, stage)
         eval_dir = f"{target.mirror}/eval/{stage}" if target.mirror else f"{target.ckpt_bucket}/eval/{stage}"
         entry = {"model": final, "metrics": metrics, "eval_dir": eval_dir}
-        if register and metrics is not None and local is not None:
+        if register_models and metrics is not None and local is not None:
             entry["registration"] = register_task(track, str(local), metrics, params, tracking_from_env())
-        elif register:
+        elif register_models:
             _log(f"{track}: not registered (no sky.mirror: the model and its metrics are on {target.ckpt_bucket})")
         tracks[track] = entry
     summary = {"profile": profile, "stages": chosen, "tracks": tracks, "train_on": "sky"}
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage", action="append", dest="stages", help="run only these stages (repeatable)")
     parser.add_argument("--set", action="append", dest="overrides", default=[], help="dotted override")
     parser.add_argument("--eval-limit", type=int, default=None)
-    parser.add_argument("--no-register", action="store_true")
+    parser.add_argument("--no-register-models", action="store_true", help="evaluate without registering")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--train-on", choices=["local", "sky"], default="local", help="sky: SkyPilot managed jobs")
     parser.add_argument("--sky", action="append", default=[], help="SkyPilot setting KEY=VALUE (docs/sky.md)")
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
             args.overrides,
             None,
             args.eval_limit,
-            not args.no_register,
+            not args.no_register_models,
             args.params,
             train_on=args.train_on,
             sky=sky,

@@ -100,7 +100,8 @@ def evaluate_task(
     limit: int | None,
     tracking: Tracking | None,
 ) -> dict:
-    return pipeline.evaluate(model_dir, benchmarks, params, out_dir, limit, tracking=tracking, progress=False, log=_log)
+    options = pipeline.EvalOptions(limit=limit, progress=False)
+    return pipeline.evaluate(model_dir, benchmarks, params, out_dir, options, tracking, log=_log)
 
 
 @task(name="register", cache_policy=NO_CACHE, task_run_name="register-{track}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -25,6 +25,9 @@ from dragonfly.eval.benchmarks import (
 )
 from dragonfly.eval.evaluator import is_skipped
 from dragonfly.eval.samples import Loaded, NoSamplesError, is_dataset_dir, load_samples
+
+if TYPE_CHECKING:
+    from dragonfly.eval.options import EvalOptions
 
 console = Console()
 EXPERIMENT = "dragonfly-eval"
@@ -169,38 +172,27 @@ def eval_command(
     ] = False,
 ) -> None:
     """Evaluate MODEL with greedy decoding; write predictions, metrics (DVC) and log to MLflow."""
-    from dragonfly.pipeline import EvalOptions, evaluate
+    from dragonfly.pipeline import EvalOptions
     from dragonfly.registry import resolve_model
-    from dragonfly.tracking import Tracking, tracking_uri
 
     try:
         specs, _ = _plan(benchmark, data, root, split, source)
     except UnknownBenchmarkError as err:
         raise typer.BadParameter(str(err), param_hint="--benchmark") from None
-    model = resolve_model(model)  # a models:/ URI becomes its downloaded directory
-    base = Tracking(tracking_uri()) if mlflow else None
-    parent = base.tracker(experiment, "eval") if base is not None and len(specs) > 1 else None
-    tracking = base.under(parent.run_id) if parent is not None else base
     options = EvalOptions(
-        root=root, data=data, split=split, sources=tuple(source) if source else None, max_new_tokens=max_new_tokens
+        root=root,
+        data=data,
+        split=split,
+        sources=tuple(source) if source else None,
+        max_new_tokens=max_new_tokens,
+        limit=limit,
+        batch_size=batch_size,
+        progress=progress and sys.stderr.isatty(),  # tqdm bars would flood a redirected log
     )
+    model = resolve_model(model)  # a models:/ URI becomes its downloaded directory
+    names = [s.name for s in specs]
     try:
-        with parent or nullcontext():
-            results = evaluate(
-                model,
-                [s.name for s in specs],
-                None,
-                out,
-                limit,
-                batch_size,
-                tracking,
-                progress and sys.stderr.isatty(),  # tqdm bars would flood a redirected log
-                force,
-                console.print,
-                options,
-                skip_missing=benchmark == "all",
-                experiment=experiment,
-            )
+        results = _evaluate(model, names, out, options, mlflow, experiment, force, skip_missing=benchmark == "all")
     except (NoSamplesError, FileNotFoundError) as err:
         console.print(f"[red]error[/]: {err}")
         raise typer.Exit(1) from None
@@ -210,6 +202,39 @@ def eval_command(
         else:
             console.print(f"[green]{name}[/] → {out / name}")
     console.print(_summary_table(results))
+
+
+def _evaluate(
+    model: str,
+    names: list[str],
+    out: Path,
+    options: EvalOptions,
+    mlflow: bool,
+    experiment: str,
+    force: bool,
+    skip_missing: bool,
+) -> dict[str, dict]:
+    """The pipeline's evaluation, its benchmarks' runs nested under an "eval" run when there
+    are several."""
+    from dragonfly.pipeline import evaluate
+    from dragonfly.tracking import Tracking, tracking_uri
+
+    base = Tracking(tracking_uri()) if mlflow else None
+    parent = base.tracker(experiment, "eval") if base is not None and len(names) > 1 else None
+    tracking = base.under(parent.run_id) if parent is not None else base
+    with parent or nullcontext():
+        return evaluate(
+            model,
+            names,
+            None,
+            out,
+            options,
+            tracking,
+            force=force,
+            log=console.print,
+            skip_missing=skip_missing,
+            experiment=experiment,
+        )
 
 
 # The command is the Typer's callback rather than a sub-command named "eval": mounted with

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dragonfly.config import DEFAULT_PARAMS, ConfigError, Profile, from_dict, load_profile, split_overrides
 from dragonfly.data.config import DataConfig, load_data_config
+from dragonfly.eval.options import EvalOptions
 from dragonfly.files import atomic_write_json, read_jsonl
 from dragonfly.fingerprint import file_digest, fingerprint, record, recorded, up_to_date
 from dragonfly.tracking import Tracking, metric_values
@@ -413,36 +414,20 @@ def model_fingerprint(final: Path) -> str:
     return recorded(final.parent) or f"{final}:{file_digest(final / 'config.json')}"
 
 
-@dataclass(frozen=True)
-class EvalOptions:
-    """How :func:`evaluate` reads and scores, beyond the benchmarks' defaults. ``root``:
-    the data root (default: ``params``' ``data.root``); ``data``: a samples JSONL, a built
-    mixture or a raw release instead of each benchmark's converted file; ``split`` and
-    ``sources`` override the benchmark's; ``max_new_tokens`` every task's answer limit."""
-
-    root: str | Path | None = None
-    data: str | Path | None = None
-    split: str | None = None
-    sources: tuple[str, ...] | None = None
-    max_new_tokens: int | None = None
-
-
 def evaluate(
     model_dir: str | Path,
     benchmarks: list[str],
     params: str | Path | None = DEFAULT_PARAMS,
     out_dir: str | Path = "eval",
-    limit: int | None = None,
-    batch_size: int = 16,
+    options: EvalOptions = EvalOptions(),
     tracking: Tracking | None = None,
-    progress: bool = True,
+    *,
     force: bool = False,
     log=print,
-    options: EvalOptions = EvalOptions(),
     skip_missing: bool = False,
     experiment: str = "dragonfly-eval",
 ) -> dict[str, dict]:
-    """Evaluate ``model_dir`` on ``benchmarks``; writes
+    """Evaluate ``model_dir`` on ``benchmarks`` as ``options`` say; writes
     ``<out_dir>/<benchmark>/{predictions.jsonl,metrics.json}`` and ``summary.json`` (which
     keeps the entries of other benchmarks evaluated into the same ``out_dir`` earlier) and
     returns ``{benchmark: metrics}``. Skipped when the model, the benchmarks, their samples
@@ -451,49 +436,16 @@ def evaluate(
     import json
     import time
 
-    from dragonfly.eval import evaluate as evaluate_one
-    from dragonfly.eval.benchmarks import get_benchmark
-    from dragonfly.eval.evaluator import judge_unavailable
-    from dragonfly.eval.samples import NoSamplesError
-    from dragonfly.inference import load
-
     began = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    root = _eval_root(params, options)
-    fp = evaluation_fingerprint(model_dir, benchmarks, params, limit, options)
+    options = replace(options, root=_eval_root(params, options))
+    fp = evaluation_fingerprint(model_dir, benchmarks, params, options)
     summary_path = out_dir / "summary.json"
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     if not force and up_to_date(out_dir, fp):
         log(f"evaluation of {model_dir}: up to date ({summary_path}); skipped (--force evaluates again)")
         return {name: previous[name] for name in benchmarks if name in previous}
-    loaded, results = None, {}
-    for name in benchmarks:
-        if loaded is None and judge_unavailable(get_benchmark(name)) is None:
-            loaded = load(model_dir)  # once, shared by every benchmark; never for one skipped (no judge)
-        tracker = tracking.tracker(experiment, f"eval-{name}") if tracking is not None else None
-        with tracker or nullcontext():
-            try:
-                results[name] = evaluate_one(
-                    model_dir,
-                    name,
-                    options.data,
-                    root,
-                    out_dir / name,
-                    batch_size,
-                    limit,
-                    tracker,
-                    max_new_tokens=options.max_new_tokens,
-                    split=options.split,
-                    sources=options.sources,
-                    loaded=loaded,
-                    progress=progress,
-                )
-            except (NoSamplesError, FileNotFoundError) as err:
-                if not skip_missing:
-                    raise
-                log(f"skip {name}: {err}")
-                if tracker is not None:
-                    tracker.outcome = "KILLED"
+    results = _evaluate_each(model_dir, benchmarks, out_dir, options, tracking, log, skip_missing, experiment)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(summary_path, {**previous, **results}, indent=2, sort_keys=True)
     record(
@@ -503,9 +455,45 @@ def evaluate(
         model=str(model_dir),
         seconds=round(time.perf_counter() - began, 3),
         benchmarks=list(benchmarks),
-        limit=limit,
-        root=str(root),
+        limit=options.limit,
+        root=str(options.root),
     )
+    return results
+
+
+def _evaluate_each(
+    model_dir: Path,
+    benchmarks: list[str],
+    out_dir: Path,
+    options: EvalOptions,
+    tracking: Tracking | None,
+    log,
+    skip_missing: bool,
+    experiment: str,
+) -> dict[str, dict]:
+    """Each benchmark into ``out_dir/<name>``, one MLflow run each, one loaded model for all."""
+    from dragonfly.eval import evaluate as evaluate_benchmark
+    from dragonfly.eval.benchmarks import get_benchmark
+    from dragonfly.eval.evaluator import judge_unavailable
+    from dragonfly.eval.samples import NoSamplesError
+    from dragonfly.inference import load
+
+    loaded, results = None, {}
+    for name in benchmarks:
+        if loaded is None and judge_unavailable(get_benchmark(name)) is None:
+            loaded = load(model_dir)  # once, shared by every benchmark; never for one skipped (no judge)
+        tracker = tracking.tracker(experiment, f"eval-{name}") if tracking is not None else None
+        with tracker or nullcontext():
+            try:
+                results[name] = evaluate_benchmark(
+                    model_dir, name, out_dir / name, options, tracker=tracker, loaded=loaded
+                )
+            except (NoSamplesError, FileNotFoundError) as err:
+                if not skip_missing:
+                    raise
+                log(f"skip {name}: {err}")
+                if tracker is not None:
+                    tracker.outcome = "KILLED"
     return results
 
 
@@ -533,21 +521,21 @@ def evaluation_fingerprint(
     model_dir: str | Path,
     benchmarks: list[str],
     params: str | Path | None = DEFAULT_PARAMS,
-    limit: int | None = None,
     options: EvalOptions = EvalOptions(),
 ) -> str:
-    """What decides whether :func:`evaluate` runs: the model, the benchmarks, the limit, the
-    options and the samples' bytes (batch size and progress bars change no number)."""
+    """What decides whether :func:`evaluate` runs: the model, the benchmarks, the options
+    that change a number and the samples' bytes (batch size and progress bars change none)."""
     from dataclasses import asdict
 
     from dragonfly.eval.benchmarks import get_benchmark
+    from dragonfly.eval.options import UNSCORED
 
     root = _eval_root(params, options)
     settings = {
         "benchmarks": list(benchmarks),
-        "limit": limit,
+        "limit": options.limit,
         "root": str(root),
-        **{k: v for k, v in asdict(options).items() if k != "root"},
+        **{k: v for k, v in asdict(options).items() if k not in ("root", "limit", *UNSCORED)},
     }
     # The samples' bytes too: regenerated data is a new evaluation.
     if options.data is not None:

@@ -109,3 +109,25 @@ def test_architecture_doc_names_every_layer_and_module():
         if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").is_file())
     }
     assert tops - named == set()
+
+
+# train/ joins once its training loop is in pieces (issue #25, item 2).
+SHORT_FUNCTION_PACKAGES = ("cli", "pipeline", "eval")
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(folder: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``path:name (N lines)`` for every function under ``folder`` longer than ``limit`` lines."""
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    found.append(f"{path.relative_to(REPO)}:{node.name} ({lines} lines)")
+    return found
+
+
+def test_no_function_in_the_pipeline_cli_or_eval_is_over_80_lines():
+    assert [f for package in SHORT_FUNCTION_PACKAGES for f in long_functions(PACKAGE / package)] == []
+    assert long_functions(PACKAGE / "train")  # the check sees a long one (train_stage, until #25 item 2)

@@ -253,11 +253,18 @@ def _lmms(
 
 
 def _registry() -> dict[str, BenchmarkSpec]:
-    specs: list[BenchmarkSpec] = [
-        *_generic(),
-        *_synth("general"),
-        *_synth("biomedical"),
-        # --- general (paper Table 1) ---
+    specs = [*_generic(), *_synth("general"), *_synth("biomedical"), *_general(), *_biomedical()]
+    return {s.name: s for s in specs}
+
+
+def _general() -> list[BenchmarkSpec]:
+    """The general benchmarks (paper Table 1): questions on diagrams, science, charts and
+    college subjects, then open answers, hallucination and captions."""
+    return [*_general_questions(), *_general_open()]
+
+
+def _general_questions() -> list[BenchmarkSpec]:
+    return [
         _lmms(
             "ai2d",
             "AI2D",
@@ -304,6 +311,11 @@ def _registry() -> dict[str, BenchmarkSpec]:
             max_new_tokens={"mcq": 32, "vqa_open": 32},
             reference="Table 1; MMMU eval_utils (open questions: normalised exact match)",
         ),
+    ]
+
+
+def _general_open() -> list[BenchmarkSpec]:
+    return [
         _lmms(
             "mmvet",
             "MM-Vet",
@@ -344,7 +356,12 @@ def _registry() -> dict[str, BenchmarkSpec]:
             convert_options={"split": "test"},
             reference="Table 1; lmms-eval hallusion_bench aAcc (string match, no GPT)",
         ),
-        # --- biomedical VQA (paper Table 3) ---
+    ]
+
+
+def _biomedical() -> list[BenchmarkSpec]:
+    """The biomedical benchmarks: VQA (paper Table 3), captioning and reports (Tables 2 and 4)."""
+    return [
         _medvqa("vqa_rad", "VQA-RAD", "vqa_rad", "Table 3; LLaVA-Med run_eval_batch.py"),
         _medvqa("slake", "SLAKE", "slake", "Table 3; LLaVA-Med run_eval_batch.py"),
         _medvqa("pathvqa", "Path-VQA", "pathvqa", "Table 3; LLaVA-Med run_eval_batch.py"),
@@ -383,7 +400,6 @@ def _registry() -> dict[str, BenchmarkSpec]:
             reference="Table 4; COCO caption toolkit",
         ),
     ]
-    return {s.name: s for s in specs}
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = _registry()

@@ -15,12 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from dragonfly.switches import switch
+
 # The project's config, dragonfly.config.DEFAULT_PARAMS (a layer above this module, so not imported).
 PARAMS = "params.yaml"
 STORE = "mlflow.db"
 ARTIFACTS = "mlruns"
 SQLITE = "sqlite:///"
 RESUMED_FROM_TAG = "dragonfly.resumed_from_run"
+TRACKING_SWITCH = "DRAGONFLY_TRACKING"  # the CLI's --mlflow/--no-mlflow reads it as its default
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -96,8 +99,9 @@ class Tracking:
 
 
 def tracking_from_env(environ: Mapping[str, str] = os.environ) -> Tracking | None:
-    """``DRAGONFLY_TRACKING=0`` switches tracking off; ``MLFLOW_TRACKING_URI`` picks the store."""
-    if environ.get("DRAGONFLY_TRACKING", "1").lower() in ("0", "false", "no", "off"):
+    """``DRAGONFLY_TRACKING=0`` switches tracking off (on by default, read as every switch is:
+    :mod:`dragonfly.switches`); ``MLFLOW_TRACKING_URI`` picks the store."""
+    if not switch(TRACKING_SWITCH, True, environ):
         return None
     return Tracking(uri=environ.get("MLFLOW_TRACKING_URI") or default_uri())
 

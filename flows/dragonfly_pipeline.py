@@ -16,7 +16,6 @@ and evaluation as a SkyPilot managed job on H100s and waits for each (docs/sky.m
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,9 +25,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from dragonfly import pipeline
-from dragonfly.errors import DragonflyError
+from dragonfly.errors import DEBUG_SWITCH, DragonflyError
 from dragonfly.pipeline import sky_jobs
 from dragonfly.report import loss_curves_png, pipeline_report, report_rows
+from dragonfly.switches import switch
 from dragonfly.tracking import Tracking, tracking_from_env
 
 GENERAL = ("general1", "general2")
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
             sky=sky,
         )
     except DragonflyError as err:
-        if os.environ.get("DRAGONFLY_DEBUG"):
+        if switch(DEBUG_SWITCH, False):
             raise
         print(f"error: {err}", file=sys.stderr)
         if err.hint:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from dragonfly.config import DEFAULT_PARAMS
+from dragonfly.switches import switch
 from dragonfly.tracking import (
     PARAMS,
     Tracking,
@@ -115,3 +116,18 @@ def test_a_tracker_ends_its_run_failed_when_the_block_raises_and_finished_when_i
 def test_metric_values_flattens_benchmarks_to_numbers_only():
     results = {"vqa": {"accuracy": 0.5, "n": 4, "ok": True, "note": "x"}, "mcq": {"accuracy": 1}}
     assert metric_values(results) == {"vqa.accuracy": 0.5, "vqa.n": 4.0, "mcq.accuracy": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("value", "default", "expected"),
+    [(None, True, True), ("", True, True), ("0", True, False), ("Off", True, False), ("no", False, False)]
+    + [(None, False, False), ("", False, False), ("1", False, True), ("yes", False, True), ("0", False, False)],
+)
+def test_every_switch_reads_the_same(value, default, expected):
+    environ = {} if value is None else {"DRAGONFLY_X": value}
+    assert switch("DRAGONFLY_X", default, environ) is expected
+
+
+def test_tracking_is_on_unless_switched_off(project):
+    assert tracking_from_env({}) is not None and tracking_from_env({"DRAGONFLY_TRACKING": ""}) is not None
+    assert tracking_from_env({"DRAGONFLY_TRACKING": "0"}) is None

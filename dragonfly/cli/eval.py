@@ -1,7 +1,7 @@
 """`dragonfly eval`: evaluate a saved model on one benchmark or on all whose data is there.
 
 Each benchmark writes `OUT/<benchmark>/predictions.jsonl` and `OUT/<benchmark>/metrics.json`;
-`OUT/summary.json` collects the metrics of the benchmarks run. With `--mlflow`, each
+`OUT/summary.json` collects the metrics of the benchmarks run. With MLflow (on unless `--no-mlflow`), each
 benchmark is one MLflow run (nested under an "eval" parent run for `--benchmark all`).
 """
 
@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dragonfly.cli import MlflowOption
 from dragonfly.eval.benchmarks import (
     BENCHMARKS,
     BenchmarkSpec,
@@ -162,7 +163,7 @@ def eval_command(
     ] = None,
     split: Annotated[str | None, typer.Option(help="Override the benchmark's split.")] = None,
     source: Annotated[list[str] | None, typer.Option(help="Accept these sample source names instead.")] = None,
-    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log to MLflow.")] = False,
+    mlflow: bool = MlflowOption,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = EXPERIMENT,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     force: Annotated[bool, typer.Option(help="Evaluate even when OUT records the same evaluation.")] = False,

@@ -88,6 +88,18 @@ def record(out_dir: str | Path, value: str, outputs: str | Path | None = None, *
     )
 
 
+def record_stamp(out_dir: str | Path) -> tuple[int, int] | None:
+    """Which write of ``out_dir``'s record is there (inode, modification time), or None. A
+    step that found its output up to date leaves the record as it was; one that ran rewrote
+    it (:func:`record` replaces the file), so a caller compares stamps before and after the
+    call instead of computing the step's fingerprint a second time."""
+    try:
+        stat = (Path(out_dir) / RECORD).stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
 def up_to_date(out_dir: str | Path, value: str) -> bool:
     """True when ``out_dir`` records ``value`` and every output file it listed is still there
     with its size: the one test of "skip this step"."""

@@ -35,7 +35,7 @@ import pandas as pd
 
 from dragonfly.config import DEFAULT_PARAMS, ConfigError, from_dict, load_params
 from dragonfly.errors import CheckpointError, DragonflyError, close_match
-from dragonfly.tracking import Tracker, tracking_uri
+from dragonfly.tracking import Tracker, metric_values, tracking_uri
 
 EXPERIMENT = "dragonfly-registry"
 CANDIDATE = "candidate"
@@ -106,12 +106,7 @@ def metrics_from_summary(summary: str | Path | Mapping[str, Mapping]) -> dict[st
     non-numbers are left out."""
     if not isinstance(summary, Mapping):
         summary = json.loads(Path(summary).read_text(encoding="utf-8"))
-    return {
-        f"{bench}.{key}": float(value)
-        for bench, values in summary.items()
-        for key, value in values.items()
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    }
+    return metric_values(summary)
 
 
 # --- the pyfunc ------------------------------------------------------------------------
@@ -342,19 +337,11 @@ def register(
     model_dir = _checked_model_dir(model_dir)
     with _quiet_mlflow():
         client = _client(uri)
-        tracker = None
-        if run_id is None:
-            tracker = Tracker(EXPERIMENT, f"register-{track.model}", uri=uri or tracking_uri())
+        if run_id is not None:  # a caller's run is the caller's to finish
+            return _register_version(client, run_id, model_dir, metrics, value, track, tags)
+        with Tracker(EXPERIMENT, f"register-{track.model}", uri=uri or tracking_uri()) as tracker:
             tracker.log_metrics(metrics)
-            run_id = tracker.run_id
-        status = "FAILED"
-        try:
-            registration = _register_version(client, run_id, model_dir, metrics, value, track, tags)
-            status = "FINISHED"
-            return registration
-        finally:
-            if tracker is not None:  # a caller's run is the caller's to finish
-                tracker.finish(status)
+            return _register_version(client, tracker.run_id, model_dir, metrics, value, track, tags)
 
 
 def _register_version(client, run_id, model_dir, metrics, value, track, tags) -> Registration:

@@ -15,12 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from dragonfly.switches import switch
+
 # The project's config, dragonfly.config.DEFAULT_PARAMS (a layer above this module, so not imported).
 PARAMS = "params.yaml"
 STORE = "mlflow.db"
 ARTIFACTS = "mlruns"
 SQLITE = "sqlite:///"
 RESUMED_FROM_TAG = "dragonfly.resumed_from_run"
+TRACKING_SWITCH = "DRAGONFLY_TRACKING"  # the CLI's --mlflow/--no-mlflow reads it as its default
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -96,8 +99,9 @@ class Tracking:
 
 
 def tracking_from_env(environ: Mapping[str, str] = os.environ) -> Tracking | None:
-    """``DRAGONFLY_TRACKING=0`` switches tracking off; ``MLFLOW_TRACKING_URI`` picks the store."""
-    if environ.get("DRAGONFLY_TRACKING", "1").lower() in ("0", "false", "no", "off"):
+    """``DRAGONFLY_TRACKING=0`` switches tracking off (on by default, read as every switch is:
+    :mod:`dragonfly.switches`); ``MLFLOW_TRACKING_URI`` picks the store."""
+    if not switch(TRACKING_SWITCH, True, environ):
         return None
     return Tracking(uri=environ.get("MLFLOW_TRACKING_URI") or default_uri())
 
@@ -114,8 +118,23 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def metric_values(results: Mapping[str, Mapping]) -> dict[str, float]:
+    """``{benchmark: {key: value}}`` → ``{"benchmark.key": value}``: the numbers only (a bool,
+    a string, a nested mapping is left out), the names MLflow and a registry track's metric use."""
+    return {
+        f"{group}.{key}": float(value)
+        for group, values in results.items()
+        for key, value in values.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
 class Tracker:
-    """A handle on one MLflow run (created, or reopened by id)."""
+    """A handle on one MLflow run (created, or reopened by id). As a context manager it
+    ends the run FINISHED (or :attr:`outcome`, e.g. KILLED for a skipped evaluation), and
+    FAILED when the block raises; the exception propagates."""
+
+    outcome = "FINISHED"
 
     def __init__(
         self,
@@ -192,3 +211,9 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.finish(self.outcome if exc_type is None else "FAILED")

@@ -16,8 +16,8 @@ and evaluation as a SkyPilot managed job on H100s and waits for each (docs/sky.m
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -25,9 +25,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from dragonfly import pipeline
-from dragonfly.errors import DragonflyError
+from dragonfly.errors import DEBUG_SWITCH, DragonflyError
 from dragonfly.pipeline import declaration, sky_jobs
 from dragonfly.report import loss_curves_png, pipeline_report, report_rows
+from dragonfly.switches import switch
 from dragonfly.tracking import Tracking, tracking_from_env
 
 
@@ -94,7 +95,8 @@ def evaluate_task(
     limit: int | None,
     tracking: Tracking | None,
 ) -> dict:
-    return pipeline.evaluate(model_dir, benchmarks, params, out_dir, limit, tracking=tracking, progress=False, log=_log)
+    options = pipeline.EvalOptions(limit=limit, progress=False)
+    return pipeline.evaluate(model_dir, benchmarks, params, out_dir, options, tracking, log=_log)
 
 
 @task(name="register", cache_policy=NO_CACHE, task_run_name="register-{track}")
@@ -119,7 +121,7 @@ def dragonfly_pipeline(
     overrides: list[str] | None = None,
     benchmarks: dict[str, list[str]] | None = None,
     eval_limit: int | None = None,
-    register: bool = True,
+    register_models: bool = True,
     params: str = "params.yaml",
     eval_dir: str = "eval",
     tracking_uri: str | None = None,
@@ -137,13 +139,13 @@ def dragonfly_pipeline(
     if train_on not in ("local", "sky"):
         raise DragonflyError(f"train_on must be local or sky, not {train_on!r}")
     if train_on == "sky":
-        return _on_sky(profile, chosen, sets, benchmarks or {}, register, params, settings, sky)
+        return _on_sky(profile, chosen, sets, benchmarks or {}, register_models, params, settings, sky)
     benchmarks = {**declaration.default_benchmarks(), **(benchmarks or {})}
     base = Tracking(tracking_uri) if tracking_uri else tracking_from_env()
     parent = base.tracker(f"dragonfly-{profile}", "pipeline", tags={"dragonfly.profile": profile}) if base else None
     tracking = base.under(parent.run_id) if parent else None
-    status, summary = "FAILED", {"profile": profile, "stages": chosen, "tracks": {}}
-    try:
+    summary = {"profile": profile, "stages": chosen, "tracks": {}}
+    with parent or nullcontext():
         prepare_task(params)
         model = settings.profile.model
         if model.source == "tiny" and model.tiny.vision_from:
@@ -157,7 +159,7 @@ def dragonfly_pipeline(
             out = f"{eval_dir}/{track}"
             metrics = evaluate_task(track, final, benchmarks[track], params, out, eval_limit, tracking)
             entry = {"model": final, "metrics": metrics, "eval_dir": out}
-            if register:
+            if register_models:
                 entry["registration"] = register_task(track, final, metrics, params, tracking)
             summary["tracks"][track] = entry
         summary["mlflow_run_id"] = parent.run_id if parent else None
@@ -176,14 +178,10 @@ def dragonfly_pipeline(
         if rows:
             create_table_artifact(key="dragonfly-metrics", table=rows, description="Evaluation metrics")
         summary["report"] = report
-        status = "FINISHED"
         return summary
-    finally:
-        if parent is not None:
-            parent.finish(status)
 
 
-def _on_sky(profile, chosen, sets, benchmarks, register, params, settings, sky) -> dict:
+def _on_sky(profile, chosen, sets, benchmarks, register_models, params, settings, sky) -> dict:
     """The stages as SkyPilot managed jobs, one after the other, each waited for; each
     track's evaluation as one more. The data is the data bucket's (mixtures built where the
     data is, docs/sky.md), so nothing is prepared here."""
@@ -205,9 +203,9 @@ def _on_sky(profile, chosen, sets, benchmarks, register, params, settings, sky) 
         local = sky_jobs.mirrored_model(target, profile, stage)
         eval_dir = f"{target.mirror}/eval/{stage}" if target.mirror else f"{target.ckpt_bucket}/eval/{stage}"
         entry = {"model": final, "metrics": metrics, "eval_dir": eval_dir}
-        if register and metrics is not None and local is not None:
+        if register_models and metrics is not None and local is not None:
             entry["registration"] = register_task(track, str(local), metrics, params, tracking_from_env())
-        elif register:
+        elif register_models:
             _log(f"{track}: not registered (no sky.mirror: the model and its metrics are on {target.ckpt_bucket})")
         tracks[track] = entry
     summary = {"profile": profile, "stages": chosen, "tracks": tracks, "train_on": "sky"}
@@ -231,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage", action="append", dest="stages", help="run only these stages (repeatable)")
     parser.add_argument("--set", action="append", dest="overrides", default=[], help="dotted override")
     parser.add_argument("--eval-limit", type=int, default=None)
-    parser.add_argument("--no-register", action="store_true")
+    parser.add_argument("--no-register-models", action="store_true", help="evaluate without registering")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--train-on", choices=["local", "sky"], default="local", help="sky: SkyPilot managed jobs")
     parser.add_argument("--sky", action="append", default=[], help="SkyPilot setting KEY=VALUE (docs/sky.md)")
@@ -249,13 +247,13 @@ def main(argv: list[str] | None = None) -> None:
             args.overrides,
             None,
             args.eval_limit,
-            not args.no_register,
+            not args.no_register_models,
             args.params,
             train_on=args.train_on,
             sky=sky,
         )
     except DragonflyError as err:
-        if os.environ.get("DRAGONFLY_DEBUG"):
+        if switch(DEBUG_SWITCH, False):
             raise
         print(f"error: {err}", file=sys.stderr)
         if err.hint:

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from dragonfly.config import DEFAULT_PARAMS
-from dragonfly.tracking import PARAMS, Tracking, artifact_location, project_root, tracking_from_env, tracking_uri
+from dragonfly.switches import switch
+from dragonfly.tracking import (
+    PARAMS,
+    Tracking,
+    artifact_location,
+    metric_values,
+    project_root,
+    tracking_from_env,
+    tracking_uri,
+)
 
 pytestmark = pytest.mark.integration  # real commands in subprocesses: not in `make test-fast`
 
@@ -88,3 +97,39 @@ def test_the_report_names_the_store_without_its_credentials(uri, shown, secret):
 
     report = pipeline_report({"profile": "tiny", "stages": [], "tracks": {}, "mlflow_run_id": "r1"}, uri)
     assert f"`{shown}`" in report and (secret is None or secret not in report)
+
+
+def test_a_tracker_ends_its_run_failed_when_the_block_raises_and_finished_when_it_returns(project):
+    tracking = tracking_from_env({})
+    with pytest.raises(RuntimeError, match="boom"), tracking.tracker("dragonfly-tiny", "broken") as broken:
+        broken.log_metrics({"loss": 1.0}, 1)
+        raise RuntimeError("boom")  # propagates: the run records the failure, the caller still sees it
+    with tracking.tracker("dragonfly-tiny", "fine") as fine:
+        fine.log_metrics({"loss": 0.5}, 1)
+    with tracking.tracker("dragonfly-tiny", "skipped") as skipped:
+        skipped.outcome = "KILLED"
+
+    def status(tracker):
+        return tracker.client.get_run(tracker.run_id).info.status
+
+    assert (status(broken), status(fine), status(skipped)) == ("FAILED", "FINISHED", "KILLED")
+
+
+def test_metric_values_flattens_benchmarks_to_numbers_only():
+    results = {"vqa": {"accuracy": 0.5, "n": 4, "ok": True, "note": "x"}, "mcq": {"accuracy": 1}}
+    assert metric_values(results) == {"vqa.accuracy": 0.5, "vqa.n": 4.0, "mcq.accuracy": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("value", "default", "expected"),
+    [(None, True, True), ("", True, True), ("0", True, False), ("Off", True, False), ("no", False, False)]
+    + [(None, False, False), ("", False, False), ("1", False, True), ("yes", False, True), ("0", False, False)],
+)
+def test_every_switch_reads_the_same(value, default, expected):
+    environ = {} if value is None else {"DRAGONFLY_X": value}
+    assert switch("DRAGONFLY_X", default, environ) is expected
+
+
+def test_tracking_is_on_unless_switched_off(project):
+    assert tracking_from_env({}) is not None and tracking_from_env({"DRAGONFLY_TRACKING": ""}) is not None
+    assert tracking_from_env({"DRAGONFLY_TRACKING": "0"}) is None

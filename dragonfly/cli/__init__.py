@@ -11,7 +11,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from dragonfly.errors import DragonflyError
+from dragonfly.errors import DEBUG_SWITCH, DragonflyError
+from dragonfly.switches import switch
+from dragonfly.tracking import TRACKING_SWITCH
 
 app = typer.Typer(
     help="Dragonfly: multi-resolution zoom-in vision-language model. "
@@ -21,6 +23,12 @@ app = typer.Typer(
 )
 console = Console()
 ParamsOption = typer.Option(Path("params.yaml"), "--params", help="Params file holding the profiles.")
+MlflowOption = typer.Option(
+    True,
+    "--mlflow/--no-mlflow",
+    envvar=TRACKING_SWITCH,
+    help=f"Log to MLflow (MLFLOW_TRACKING_URI, else mlflow.db at the project root); {TRACKING_SWITCH}=0 is --no-mlflow.",
+)
 SetOption = typer.Option(
     [],
     "--set",
@@ -34,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     exits 1; ``--debug`` or ``DRAGONFLY_DEBUG=1`` shows its traceback. Anything else is a
     bug and keeps its traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("DRAGONFLY_DEBUG", "") not in ("", "0")
+    debug = "--debug" in args or switch(DEBUG_SWITCH, False)
     args = [a for a in args if a != "--debug"]
     try:
         app(args=args, prog_name="dragonfly")
@@ -170,14 +178,15 @@ def pretrain_vision(
     params: Path = ParamsOption,
     force: bool = typer.Option(False, help="Retrain even if the same tower is already saved."),
     override: list[str] = typer.Option([], "--set", help="Dotted override, e.g. vision_pretrain.steps=500."),
+    mlflow: bool = MlflowOption,
 ):
     """Pretrain the tiny vision tower (CLIP's stand-in) and save it to model.tiny.vision_from."""
     from rich.table import Table
 
     from dragonfly.pipeline import pretrain_vision as run
-    from dragonfly.tracking import tracking_from_env
+    from dragonfly.tracking import Tracking, tracking_uri
 
-    out, metrics = run(profile, params, override, force, tracking=tracking_from_env())
+    out, metrics = run(profile, params, override, force, tracking=Tracking(tracking_uri()) if mlflow else None)
     table = Table("held-out patches", "value", title=f"vision tower → {out}")
     for key in (
         "shape_accuracy",
@@ -245,6 +254,7 @@ def train(
     ),
     gpus: int = typer.Option(8, min=1, help="GPUs the dry run plans for (nodes × GPUs per node)."),
     mfu: float = typer.Option(0.4, min=0.01, max=1.0, help="Model FLOPs utilisation the dry run assumes."),
+    mlflow: bool = MlflowOption,
     overrides: list[str] = typer.Argument(None, help="Stage overrides key=value, e.g. lr=1e-4 max_steps=5."),
 ):
     """Train one stage; writes checkpoints and a save_pretrained model to <out>/final."""
@@ -255,7 +265,7 @@ def train(
         console.print(render(plan(stage, profile, params, overrides or [], override, gpus, mfu)))
         return
     from dragonfly.pipeline import train as run
-    from dragonfly.tracking import tracking_from_env
+    from dragonfly.tracking import Tracking, tracking_uri
 
     final = run(
         stage,
@@ -265,7 +275,7 @@ def train(
         "auto" if resume_auto else resume,
         out,
         sets=override,
-        tracking=tracking_from_env(),
+        tracking=Tracking(tracking_uri()) if mlflow else None,
         force=force,
         progress=progress,
     )
@@ -284,7 +294,7 @@ def ablate(
     limit: int | None = typer.Option(None, min=1, help="Evaluate the first N samples only."),
     seed: int = typer.Option(0, help="Model init and training seed, the same for every variant."),
     batch_size: int = typer.Option(16, min=1, help="Evaluation batch size."),
-    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log a parent run with a nested run per variant."),
+    mlflow: bool = MlflowOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show evaluation progress bars."),
     overrides: list[str] = typer.Argument(
         None,

@@ -1,20 +1,22 @@
 """`dragonfly eval`: evaluate a saved model on one benchmark or on all whose data is there.
 
 Each benchmark writes `OUT/<benchmark>/predictions.jsonl` and `OUT/<benchmark>/metrics.json`;
-`OUT/summary.json` collects the metrics of the benchmarks run. With `--mlflow`, each
+`OUT/summary.json` collects the metrics of the benchmarks run. With MLflow (on unless `--no-mlflow`), each
 benchmark is one MLflow run (nested under an "eval" parent run for `--benchmark all`).
 """
 
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from dragonfly.cli import MlflowOption
 from dragonfly.eval.benchmarks import (
     BENCHMARKS,
     BenchmarkSpec,
@@ -24,6 +26,9 @@ from dragonfly.eval.benchmarks import (
 )
 from dragonfly.eval.evaluator import is_skipped
 from dragonfly.eval.samples import Loaded, NoSamplesError, is_dataset_dir, load_samples
+
+if TYPE_CHECKING:
+    from dragonfly.eval.options import EvalOptions
 
 console = Console()
 EXPERIMENT = "dragonfly-eval"
@@ -158,7 +163,7 @@ def eval_command(
     ] = None,
     split: Annotated[str | None, typer.Option(help="Override the benchmark's split.")] = None,
     source: Annotated[list[str] | None, typer.Option(help="Accept these sample source names instead.")] = None,
-    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log to MLflow.")] = False,
+    mlflow: bool = MlflowOption,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = EXPERIMENT,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     force: Annotated[bool, typer.Option(help="Evaluate even when OUT records the same evaluation.")] = False,
@@ -168,51 +173,69 @@ def eval_command(
     ] = False,
 ) -> None:
     """Evaluate MODEL with greedy decoding; write predictions, metrics (DVC) and log to MLflow."""
-    from dragonfly.pipeline import EvalOptions, evaluate
+    from dragonfly.pipeline import EvalOptions
     from dragonfly.registry import resolve_model
-    from dragonfly.tracking import Tracking, tracking_uri
 
     try:
         specs, _ = _plan(benchmark, data, root, split, source)
     except UnknownBenchmarkError as err:
         raise typer.BadParameter(str(err), param_hint="--benchmark") from None
-    model = resolve_model(model)  # a models:/ URI becomes its downloaded directory
-    base = Tracking(tracking_uri()) if mlflow else None
-    parent = base.tracker(experiment, "eval") if base is not None and len(specs) > 1 else None
-    tracking = base.under(parent.run_id) if parent is not None else base
     options = EvalOptions(
-        root=root, data=data, split=split, sources=tuple(source) if source else None, max_new_tokens=max_new_tokens
+        root=root,
+        data=data,
+        split=split,
+        sources=tuple(source) if source else None,
+        max_new_tokens=max_new_tokens,
+        limit=limit,
+        batch_size=batch_size,
+        progress=progress and sys.stderr.isatty(),  # tqdm bars would flood a redirected log
     )
-    status = "FAILED"
+    model = resolve_model(model)  # a models:/ URI becomes its downloaded directory
+    names = [s.name for s in specs]
     try:
-        results = evaluate(
-            model,
-            [s.name for s in specs],
-            None,
-            out,
-            limit,
-            batch_size,
-            tracking,
-            progress and sys.stderr.isatty(),  # tqdm bars would flood a redirected log
-            force,
-            console.print,
-            options,
-            skip_missing=benchmark == "all",
-            experiment=experiment,
-        )
-        status = "FINISHED"
+        results = _evaluate(model, names, out, options, mlflow, experiment, force, skip_missing=benchmark == "all")
     except (NoSamplesError, FileNotFoundError) as err:
         console.print(f"[red]error[/]: {err}")
         raise typer.Exit(1) from None
-    finally:
-        if parent is not None:
-            parent.finish(status)
     for name, metrics in results.items():
         if is_skipped(metrics):
             console.print(f"[yellow]{name} skipped[/]: {metrics['skipped']}")
         else:
             console.print(f"[green]{name}[/] → {out / name}")
     console.print(_summary_table(results))
+
+
+def _evaluate(
+    model: str,
+    names: list[str],
+    out: Path,
+    options: EvalOptions,
+    mlflow: bool,
+    experiment: str,
+    force: bool,
+    skip_missing: bool,
+) -> dict[str, dict]:
+    """The pipeline's evaluation, its benchmarks' runs nested under an "eval" run when there
+    are several."""
+    from dragonfly.pipeline import evaluate
+    from dragonfly.tracking import Tracking, tracking_uri
+
+    base = Tracking(tracking_uri()) if mlflow else None
+    parent = base.tracker(experiment, "eval") if base is not None and len(names) > 1 else None
+    tracking = base.under(parent.run_id) if parent is not None else base
+    with parent or nullcontext():
+        return evaluate(
+            model,
+            names,
+            None,
+            out,
+            options,
+            tracking,
+            force=force,
+            log=console.print,
+            skip_missing=skip_missing,
+            experiment=experiment,
+        )
 
 
 # The command is the Typer's callback rather than a sub-command named "eval": mounted with

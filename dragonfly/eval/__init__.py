@@ -1,6 +1,6 @@
 """Evaluation on the paper's benchmarks and the synthetic zoom benchmark.
 
-`evaluate(model_dir, benchmark, samples, root, out_dir, ...) -> dict` generates greedy
+`evaluate(model_dir, benchmark, out_dir, EvalOptions(...)) -> dict` generates greedy
 answers with each benchmark's prompts, writes `predictions.jsonl` and `metrics.json`, and
 logs both to MLflow when given a tracker; `recompute_metrics` rebuilds the metrics from
 the predictions file. The registry of benchmarks is `BENCHMARKS` (see `benchmarks.py`
@@ -23,6 +23,7 @@ from dragonfly.eval.evaluator import (
     predict,
     recompute_metrics,
 )
+from dragonfly.eval.options import EvalOptions
 from dragonfly.eval.prompts import PromptError, messages, user_text
 from dragonfly.eval.samples import NoSamplesError, load_samples, select_samples
 from dragonfly.eval.scoring import Prediction, read_predictions, score_records
@@ -32,6 +33,7 @@ __all__ = [
     "METRICS_FILE",
     "PREDICTIONS_FILE",
     "BenchmarkSpec",
+    "EvalOptions",
     "NoSamplesError",
     "Prediction",
     "PromptError",

@@ -8,8 +8,8 @@ Outputs in `out_dir`:
 `recompute_metrics(predictions.jsonl, benchmark)` rebuilds the metrics from the first
 file alone, so a metrics file can always be checked against its predictions.
 
-An ablation runner calls `evaluate(model_dir, name, samples, root, out_dir, ...)` once per
-variant and benchmark, passing `loaded=(model, processor)` to reuse a loaded model.
+The pipeline's `evaluate` calls `evaluate(model_dir, name, out_dir, options, ...)` once per
+benchmark, passing `loaded=(model, processor)` to reuse one loaded model.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from dragonfly.data.schema import Sample
 from dragonfly.eval.benchmarks import BenchmarkSpec, get_benchmark
 from dragonfly.eval.generate import generate_batch
+from dragonfly.eval.options import EvalOptions
 from dragonfly.eval.prompts import messages
 from dragonfly.eval.samples import load_samples, select_samples
 from dragonfly.eval.scoring import Prediction, read_predictions, score_records, write_predictions
@@ -124,31 +125,27 @@ def _log(
 def evaluate(
     model_dir: str | Path,
     benchmark: str | BenchmarkSpec,
-    samples: Sequence[Sample] | str | Path | None,
-    root: str | Path,
     out_dir: str | Path,
-    batch_size: int = 8,
-    limit: int | None = None,
-    tracker=None,
+    options: EvalOptions = EvalOptions(),
     *,
-    max_new_tokens: int | None = None,
-    split: str | None = None,
-    sources: Sequence[str] | None = None,
+    samples: Sequence[Sample] | None = None,
+    tracker=None,
     loaded: tuple[Any, Any] | None = None,
-    progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate the model in `model_dir` on `benchmark`; returns the metrics dict written
     to `out_dir/metrics.json`.
 
-    `samples` is a list of `Sample`s, a path `load_samples` understands, or None for the
-    benchmark's default converted JSONL under `root`; `select_samples` then keeps the
-    benchmark's split/sources/tasks and the first `limit`. `max_new_tokens` overrides the
-    per-task limits. `tracker` (a `dragonfly.tracking.Tracker`) gets the params, metrics
-    and both files; the caller owns and finishes it. A benchmark that needs an LLM judge
-    with none configured is not run: `{"skipped": reason}` is written and returned.
+    The samples are `samples` (a list of `Sample`s) or else read from `options.data` (a path
+    `load_samples` understands), by default the benchmark's converted JSONL under
+    `options.root`; `select_samples` then keeps the benchmark's split/sources/tasks and the
+    first `options.limit`. `tracker` (a `dragonfly.tracking.Tracker`) gets the params,
+    metrics and both files; the caller owns and finishes it. A benchmark that needs an LLM
+    judge with none configured is not run: `{"skipped": reason}` is written and returned.
     """
     spec = get_benchmark(benchmark)
-    root, out_dir = Path(root), Path(out_dir)
+    split, limit, max_new_tokens = options.split, options.limit, options.max_new_tokens
+    root = Path(options.root) if options.root is not None else Path()
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     predictions_path, metrics_path = out_dir / PREDICTIONS_FILE, out_dir / METRICS_FILE
     params: dict[str, Any] = {
@@ -166,13 +163,13 @@ def evaluate(
             _log(tracker, params, result, [metrics_path], spec.name)
         return result
 
-    if samples is None or isinstance(samples, str | Path):
-        found = load_samples(spec, Path(samples) if samples is not None else None, root, split)
+    if samples is None:
+        found = load_samples(spec, Path(options.data) if options.data is not None else None, root, split)
         samples, root = found.samples, found.root
         params["data"] = found.origin
-    chosen = select_samples(spec, samples, split, sources, limit)
+    chosen = select_samples(spec, samples, split, options.sources, limit)
     model, processor = loaded if loaded is not None else _load(model_dir)
-    records = predict(model, processor, spec, chosen, root, batch_size, max_new_tokens, progress)
+    records = predict(model, processor, spec, chosen, root, options.batch_size, max_new_tokens, options.progress)
     scores = score_records(spec, records)
     records = [replace(r, score=scores.per_sample.get(r.id)) for r in records]
     write_predictions(records, predictions_path)
@@ -180,7 +177,7 @@ def evaluate(
     if tracker is not None:
         params.update(
             n_samples=len(records),
-            batch_size=batch_size,
+            batch_size=options.batch_size,
             limit=limit,
             max_new_tokens=max_new_tokens or "per-task",
         )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +38,8 @@ from dragonfly.eval.benchmarks import get_benchmark
 from dragonfly.eval.evaluator import PREDICTIONS_FILE
 from dragonfly.eval.scoring import read_predictions
 from dragonfly.files import atomic_write_json, read_jsonl
-from dragonfly.fingerprint import details, up_to_date
-from dragonfly.tracking import Tracking, tracking_uri
+from dragonfly.fingerprint import details, record_stamp
+from dragonfly.tracking import Tracking, metric_values, tracking_uri
 from dragonfly.train.config import load_stage
 
 VARIANT_FILE = "variant.json"
@@ -71,8 +72,6 @@ class Plan:
     eval_limit: int | None
     eval_batch_size: int
     seed: int
-    data_root: Path
-    mixtures_dir: Path
     progress: bool
     mlflow: bool
     experiment: str
@@ -125,7 +124,7 @@ def _train_variant(plan: Plan, name: str, layout: Mapping, run_id: str | None):
     Each stage is :func:`~dragonfly.pipeline.train`, skipped by the pipeline's one
     fingerprint rule; a stage chained from a retrained one has a new fingerprint (its init
     is part of it), so everything after a change trains again."""
-    from dragonfly.pipeline.steps import plan_stage, train
+    from dragonfly.pipeline.steps import train
 
     tracking = Tracking(tracking_uri(), run_id) if (plan.mlflow and run_id) else None
     previous: Path | None = None
@@ -138,11 +137,8 @@ def _train_variant(plan: Plan, name: str, layout: Mapping, run_id: str | None):
             f"init_from={json.dumps(str(previous)) if previous else 'init'}",
         ]
         out = plan.out_dir / name / stage
-        if up_to_date(out, plan_stage(stage, plan.profile, plan.params, overrides, out).fingerprint):
-            plan.console.print(f"[cyan]{name}/{stage}[/]: reused {out / 'final'}")
-            reused.append(stage)
-        else:
-            plan.console.print(f"[bold]{name}/{stage}[/]: training ({' '.join(overrides)})")
+        plan.console.print(f"[bold]{name}/{stage}[/]: {' '.join(overrides)}")
+        before = record_stamp(out)
         previous = train(
             stage,
             plan.profile,
@@ -154,6 +150,9 @@ def _train_variant(plan: Plan, name: str, layout: Mapping, run_id: str | None):
             log=plan.console.print,
             progress=plan.progress,
         )
+        if before is not None and record_stamp(out) == before:  # the step found its output up to date
+            plan.console.print(f"[cyan]{name}/{stage}[/]: reused {out / 'final'}")
+            reused.append(stage)
         seconds[stage] = float(details(out).get("seconds", 0.0))
         losses[stage] = _losses(out / "metrics.jsonl")
     assert previous is not None  # plan.stages is never empty
@@ -164,22 +163,17 @@ def _evaluate_variant(plan: Plan, name: str, final: Path):
     """Evaluate one variant's final model on every benchmark with
     :func:`~dragonfly.pipeline.evaluate` (skipped when its fingerprint matches); returns
     (metrics, distinct answers, seconds, reused)."""
-    from dragonfly.pipeline.steps import evaluate, evaluation_fingerprint
+    from dragonfly.pipeline.steps import EvalOptions, evaluate
 
     out = plan.out_dir / name / "eval"
     benchmarks = list(plan.benchmarks)
-    done = up_to_date(out, evaluation_fingerprint(final, benchmarks, plan.params, plan.eval_limit))
-    plan.console.print(f"[cyan]{name}[/]: evaluation reused ({out})" if done else f"[bold]{name}[/]: evaluating")
-    metrics = evaluate(
-        final,
-        benchmarks,
-        plan.params,
-        out,
-        plan.eval_limit,
-        plan.eval_batch_size,
-        progress=plan.progress,
-        log=plan.console.print,
-    )
+    options = EvalOptions(limit=plan.eval_limit, batch_size=plan.eval_batch_size, progress=plan.progress)
+    plan.console.print(f"[bold]{name}[/]: evaluation")
+    before = record_stamp(out)
+    metrics = evaluate(final, benchmarks, plan.params, out, options, log=plan.console.print)
+    done = before is not None and record_stamp(out) == before  # the step found its output up to date
+    if done:
+        plan.console.print(f"[cyan]{name}[/]: evaluation reused ({out})")
     distinct = {
         bench: distinct_answers(out / bench / PREDICTIONS_FILE)
         for bench in benchmarks
@@ -203,8 +197,7 @@ def _run_variant(plan: Plan, name: str, layout: Mapping, parent_id: str | None) 
             parent_run_id=parent_id,
             tags={"dragonfly.ablation.variant": name, "dragonfly.profile": plan.profile},
         )
-    status = "FAILED"
-    try:
+    with tracker or nullcontext():
         final, seconds, losses, reused_stages = _train_variant(plan, name, layout, tracker.run_id if tracker else None)
         metrics, distinct, eval_seconds, reused_evals = _evaluate_variant(plan, name, final)
         cfg = AutoConfig.from_pretrained(final)
@@ -228,11 +221,7 @@ def _run_variant(plan: Plan, name: str, layout: Mapping, parent_id: str | None) 
         atomic_write_json(plan.out_dir / name / VARIANT_FILE, result.to_dict(), indent=2, sort_keys=True, default=str)
         if tracker is not None:
             _log_variant(tracker, plan, result)
-        status = "FINISHED"
         return result
-    finally:
-        if tracker is not None:
-            tracker.finish(status)
 
 
 def _log_variant(tracker, plan: Plan, result: VariantResult) -> None:
@@ -246,13 +235,7 @@ def _log_variant(tracker, plan: Plan, result: VariantResult) -> None:
             "eval_limit": plan.eval_limit,
         }
     )
-    numbers = {
-        f"{bench}.{key}": float(value)
-        for bench, values in {**result.metrics, **result.figures()}.items()
-        for key, value in values.items()
-        if isinstance(value, int | float)
-    }
-    tracker.log_metrics(numbers)
+    tracker.log_metrics(metric_values({**result.metrics, **result.figures()}))
     tracker.set_tags({"dragonfly.ablation.reused": str(result.reused).lower()})
     variant_dir = plan.out_dir / result.name
     tracker.log_artifacts(variant_dir / VARIANT_FILE)
@@ -314,23 +297,13 @@ def run_ablation(
     holds the three files as artifacts and a nested run per variant, under which the
     stages' own runs nest. Returns the per-variant results and the written files.
     """
-    from dragonfly.pipeline.steps import data_config
-
     params, out_dir = Path(params), Path(out_dir)
     known = load_variants(params)
     names = list(variants or known)
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ConfigError(f"unknown ablation variant(s) {unknown}; params.yaml `ablations:` has {list(known)}")
-    if not stages:
-        raise ConfigError("an ablation needs at least one stage")
-    for bench in benchmarks:
-        get_benchmark(bench)  # fail on a typo before hours of training
-    snapshot = _snapshot_params(params, profile, seed, out_dir)
-    data = data_config(snapshot)
+    _check_request(names, known, stages, benchmarks)
     plan = Plan(
         profile=profile,
-        params=snapshot,
+        params=_snapshot_params(params, profile, seed, out_dir),
         out_dir=out_dir,
         stages=tuple(stages),
         stage_overrides=split_overrides(train_overrides, stages),
@@ -338,60 +311,61 @@ def run_ablation(
         eval_limit=eval_limit,
         eval_batch_size=eval_batch_size,
         seed=seed,
-        data_root=Path(data.root),
-        mixtures_dir=Path(data.out_dir),
         progress=progress,
         mlflow=mlflow,
         experiment=experiment or f"dragonfly-{profile}",
         console=console or Console(),
     )
-    for stage in plan.stages:  # every stage config must load before anything trains
-        load_stage(load_profile(profile, snapshot), stage, plan.stage_overrides[stage])
-
-    parent = None
-    if mlflow:
-        from dragonfly.tracking import Tracker
-
-        parent = Tracker(
-            plan.experiment,
-            f"ablation-{out_dir.name}",
-            tags={"dragonfly.ablation": "parent", "dragonfly.profile": profile},
-        )
-        parent.log_params(
-            {
-                "variants": names,
-                "profile": profile,
-                "stages": list(stages),
-                "seed": seed,
-                "train_overrides": list(train_overrides),
-                "benchmarks": list(benchmarks),
-                "eval_limit": eval_limit,
-                "out_dir": str(out_dir),
-            }
-        )
-    status = "FAILED"
-    try:
+    _check_stages(plan)
+    settings = {
+        "profile": profile,
+        "params": str(params),
+        "seed": seed,
+        "stages": list(stages),
+        "train_overrides": list(train_overrides),
+        "benchmarks": list(benchmarks),
+        "eval_limit": eval_limit,
+    }
+    parent = _parent_run(plan, names, settings) if mlflow else None
+    with parent or nullcontext():
         results = {n: _run_variant(plan, n, known[n], parent.run_id if parent else None) for n in names}
-        settings = {
-            "profile": profile,
-            "params": str(params),
-            "seed": seed,
-            "stages": list(stages),
-            "train_overrides": list(train_overrides),
-            "benchmarks": list(benchmarks),
-            "eval_limit": eval_limit,
-        }
         files = write_report(results, benchmarks, out_dir, settings, _header(plan))
         if parent is not None:
             for path in files.values():
                 parent.log_artifacts(path, "ablation")
-        status = "FINISHED"
-    finally:
-        if parent is not None:
-            parent.finish(status)
     reused = [n for n, r in results.items() if r.reused]
     plan.console.print(
         f"[green]ablation written[/] {files['markdown']}"
         + (f"; reused without retraining: {', '.join(reused)}" if reused else "")
     )
     return AblationResult(out_dir, results, files, parent.run_id if parent else None)
+
+
+def _check_request(names: list[str], known: Mapping, stages: Sequence[str], benchmarks: Sequence[str]) -> None:
+    """Fail on an unknown variant, no stage or a benchmark typo before hours of training."""
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown ablation variant(s) {unknown}; params.yaml `ablations:` has {list(known)}")
+    if not stages:
+        raise ConfigError("an ablation needs at least one stage")
+    for bench in benchmarks:
+        get_benchmark(bench)
+
+
+def _check_stages(plan: Plan) -> None:
+    for stage in plan.stages:  # every stage config must load before anything trains
+        load_stage(load_profile(plan.profile, plan.params), stage, plan.stage_overrides[stage])
+
+
+def _parent_run(plan: Plan, names: list[str], settings: Mapping):
+    """The ablation's MLflow run, under which each variant's run nests."""
+    from dragonfly.tracking import Tracker
+
+    parent = Tracker(
+        plan.experiment,
+        f"ablation-{plan.out_dir.name}",
+        tags={"dragonfly.ablation": "parent", "dragonfly.profile": plan.profile},
+    )
+    logged = {k: v for k, v in settings.items() if k != "params"}
+    parent.log_params({"variants": names, **logged, "out_dir": str(plan.out_dir)})
+    return parent

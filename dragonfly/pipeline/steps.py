@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dragonfly.config import DEFAULT_PARAMS, ConfigError, Profile, from_dict, load_profile, split_overrides
 from dragonfly.data.config import DataConfig, load_data_config
+from dragonfly.eval.options import EvalOptions
 from dragonfly.files import atomic_write_json, read_jsonl
 from dragonfly.fingerprint import file_digest, fingerprint, record, recorded, up_to_date
 from dragonfly.pipeline.declaration import TOWER_LAYOUT, TOWER_SHAPE, code
-from dragonfly.tracking import Tracking
+from dragonfly.tracking import Tracking, metric_values
 from dragonfly.train import stage_lock
 from dragonfly.train.config import (
     BackbonePretrainConfig,
@@ -155,14 +157,13 @@ def pretrain_vision(
     save_backbone(tower, out, metrics, wanted)
     record(out, fp, out, step="vision_pretrain")
     if tracking is not None:
-        tracker = tracking.tracker(
+        with tracking.tracker(
             f"dragonfly-{prof.name}",
             "vision_pretrain",
             tags={"dragonfly.stage": "vision_pretrain", "dragonfly.profile": prof.name},
-        )
-        tracker.log_params(wanted)
-        tracker.log_metrics({k: float(v) for k, v in metrics.items()})
-        tracker.finish()
+        ) as tracker:
+            tracker.log_params(wanted)
+            tracker.log_metrics({k: float(v) for k, v in metrics.items()})
     return out, metrics
 
 
@@ -393,36 +394,20 @@ def model_fingerprint(final: Path) -> str:
     return recorded(final.parent) or f"{final}:{file_digest(final / 'config.json')}"
 
 
-@dataclass(frozen=True)
-class EvalOptions:
-    """How :func:`evaluate` reads and scores, beyond the benchmarks' defaults. ``root``:
-    the data root (default: ``params``' ``data.root``); ``data``: a samples JSONL, a built
-    mixture or a raw release instead of each benchmark's converted file; ``split`` and
-    ``sources`` override the benchmark's; ``max_new_tokens`` every task's answer limit."""
-
-    root: str | Path | None = None
-    data: str | Path | None = None
-    split: str | None = None
-    sources: tuple[str, ...] | None = None
-    max_new_tokens: int | None = None
-
-
 def evaluate(
     model_dir: str | Path,
     benchmarks: list[str],
     params: str | Path | None = DEFAULT_PARAMS,
     out_dir: str | Path = "eval",
-    limit: int | None = None,
-    batch_size: int = 16,
+    options: EvalOptions = EvalOptions(),
     tracking: Tracking | None = None,
-    progress: bool = True,
+    *,
     force: bool = False,
     log=print,
-    options: EvalOptions = EvalOptions(),
     skip_missing: bool = False,
     experiment: str = "dragonfly-eval",
 ) -> dict[str, dict]:
-    """Evaluate ``model_dir`` on ``benchmarks``; writes
+    """Evaluate ``model_dir`` on ``benchmarks`` as ``options`` say; writes
     ``<out_dir>/<benchmark>/{predictions.jsonl,metrics.json}`` and ``summary.json`` (which
     keeps the entries of other benchmarks evaluated into the same ``out_dir`` earlier) and
     returns ``{benchmark: metrics}``. Skipped when the model, the benchmarks, their samples
@@ -431,52 +416,16 @@ def evaluate(
     import json
     import time
 
-    from dragonfly.eval import evaluate as evaluate_one
-    from dragonfly.eval.benchmarks import get_benchmark
-    from dragonfly.eval.evaluator import judge_unavailable
-    from dragonfly.eval.samples import NoSamplesError
-    from dragonfly.inference import load
-
     began = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    root = _eval_root(params, options)
-    fp = evaluation_fingerprint(model_dir, benchmarks, params, limit, options)
+    options = replace(options, root=_eval_root(params, options))
+    fp = evaluation_fingerprint(model_dir, benchmarks, params, options)
     summary_path = out_dir / "summary.json"
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     if not force and up_to_date(out_dir, fp):
         log(f"evaluation of {model_dir}: up to date ({summary_path}); skipped (--force evaluates again)")
         return {name: previous[name] for name in benchmarks if name in previous}
-    loaded, results = None, {}
-    for name in benchmarks:
-        if loaded is None and judge_unavailable(get_benchmark(name)) is None:
-            loaded = load(model_dir)  # once, shared by every benchmark; never for one skipped (no judge)
-        tracker = tracking.tracker(experiment, f"eval-{name}") if tracking is not None else None
-        status = "FAILED"
-        try:
-            results[name] = evaluate_one(
-                model_dir,
-                name,
-                options.data,
-                root,
-                out_dir / name,
-                batch_size,
-                limit,
-                tracker,
-                max_new_tokens=options.max_new_tokens,
-                split=options.split,
-                sources=options.sources,
-                loaded=loaded,
-                progress=progress,
-            )
-            status = "FINISHED"
-        except (NoSamplesError, FileNotFoundError) as err:
-            if not skip_missing:
-                raise
-            log(f"skip {name}: {err}")
-            status = "KILLED"
-        finally:
-            if tracker is not None:
-                tracker.finish(status)
+    results = _evaluate_each(model_dir, benchmarks, out_dir, options, tracking, log, skip_missing, experiment)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(summary_path, {**previous, **results}, indent=2, sort_keys=True)
     record(
@@ -486,9 +435,45 @@ def evaluate(
         model=str(model_dir),
         seconds=round(time.perf_counter() - began, 3),
         benchmarks=list(benchmarks),
-        limit=limit,
-        root=str(root),
+        limit=options.limit,
+        root=str(options.root),
     )
+    return results
+
+
+def _evaluate_each(
+    model_dir: Path,
+    benchmarks: list[str],
+    out_dir: Path,
+    options: EvalOptions,
+    tracking: Tracking | None,
+    log,
+    skip_missing: bool,
+    experiment: str,
+) -> dict[str, dict]:
+    """Each benchmark into ``out_dir/<name>``, one MLflow run each, one loaded model for all."""
+    from dragonfly.eval import evaluate as evaluate_benchmark
+    from dragonfly.eval.benchmarks import get_benchmark
+    from dragonfly.eval.evaluator import judge_unavailable
+    from dragonfly.eval.samples import NoSamplesError
+    from dragonfly.inference import load
+
+    loaded, results = None, {}
+    for name in benchmarks:
+        if loaded is None and judge_unavailable(get_benchmark(name)) is None:
+            loaded = load(model_dir)  # once, shared by every benchmark; never for one skipped (no judge)
+        tracker = tracking.tracker(experiment, f"eval-{name}") if tracking is not None else None
+        with tracker or nullcontext():
+            try:
+                results[name] = evaluate_benchmark(
+                    model_dir, name, out_dir / name, options, tracker=tracker, loaded=loaded
+                )
+            except (NoSamplesError, FileNotFoundError) as err:
+                if not skip_missing:
+                    raise
+                log(f"skip {name}: {err}")
+                if tracker is not None:
+                    tracker.outcome = "KILLED"
     return results
 
 
@@ -516,21 +501,21 @@ def evaluation_fingerprint(
     model_dir: str | Path,
     benchmarks: list[str],
     params: str | Path | None = DEFAULT_PARAMS,
-    limit: int | None = None,
     options: EvalOptions = EvalOptions(),
 ) -> str:
-    """What decides whether :func:`evaluate` runs: the model, the benchmarks, the limit, the
-    options and the samples' bytes (batch size and progress bars change no number)."""
+    """What decides whether :func:`evaluate` runs: the model, the benchmarks, the options
+    that change a number and the samples' bytes (batch size and progress bars change none)."""
     from dataclasses import asdict
 
     from dragonfly.eval.benchmarks import get_benchmark
+    from dragonfly.eval.options import UNSCORED
 
     root = _eval_root(params, options)
     settings = {
         "benchmarks": list(benchmarks),
-        "limit": limit,
+        "limit": options.limit,
         "root": str(root),
-        **{k: v for k, v in asdict(options).items() if k != "root"},
+        **{k: v for k, v in asdict(options).items() if k not in ("root", "limit", *UNSCORED)},
     }
     # The samples' bytes too: regenerated data is a new evaluation.
     if options.data is not None:
@@ -569,12 +554,7 @@ def register(
     if tracking is None:
         raise DragonflyError("registering a model needs MLflow tracking", hint="unset DRAGONFLY_TRACKING=0")
     cfg, model_dir = tracks[track], Path(model_dir)
-    flat = {
-        f"{bench}.{key}": float(value)
-        for bench, values in metrics.items()
-        for key, value in values.items()
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    }
+    flat = metric_values(metrics)
     fp = fingerprint(
         asdict(cfg), {"model": model_fingerprint(model_dir), "metrics": str(sorted(flat.items()))}, ("registry.py",)
     )
@@ -588,14 +568,9 @@ def register(
         "git.commit": commit or "unknown",
         "dragonfly.lineage": str(recorded(model_dir.parent) or ""),
     }
-    tracker = tracking.tracker("dragonfly-registry", f"register-{track}")
-    status = "FAILED"
-    try:
+    with tracking.tracker("dragonfly-registry", f"register-{track}") as tracker:
         tracker.log_metrics(flat)
         result = register_version(model_dir, flat, cfg, tags, run_id=tracker.run_id, uri=tracking.uri)
-        status = "FINISHED"
-    finally:
-        tracker.finish(status)
     log(f"{result.name} version {result.version} @candidate; {result.reason}")
     return asdict(result)
 

@@ -17,6 +17,7 @@ from dragonfly.eval import (
     BENCHMARKS,
     METRICS_FILE,
     PREDICTIONS_FILE,
+    EvalOptions,
     NoSamplesError,
     UnknownBenchmarkError,
     evaluate,
@@ -33,7 +34,7 @@ def test_unknown_benchmark_lists_the_known_ones(model_dir: Path, tmp_path: Path)
     assert "unknown benchmark 'vqa-rad'" in message
     assert all(name in message for name in BENCHMARKS)
     with pytest.raises(UnknownBenchmarkError):
-        evaluate(model_dir, "nope", None, tmp_path, tmp_path / "out")
+        evaluate(model_dir, "nope", tmp_path / "out", EvalOptions(root=tmp_path))
     result = runner.invoke(app, ["--model", str(model_dir), "--benchmark", "nope"])
     assert result.exit_code == 2
     assert "unknown benchmark" in result.output and "vqa_rad" in result.output
@@ -44,7 +45,7 @@ def test_judge_benchmark_without_endpoint_is_skipped_not_faked(no_judge, tmp_pat
     (out / PREDICTIONS_FILE).parent.mkdir(parents=True)
     (out / PREDICTIONS_FILE).write_text("stale\n")
     # Neither model nor data exist: a skipped benchmark must not need them.
-    result = evaluate(tmp_path / "no-model", "mmvet", None, tmp_path / "no-data", out)
+    result = evaluate(tmp_path / "no-model", "mmvet", out, EvalOptions(root=tmp_path / "no-data"))
     assert set(result) == {"skipped"}
     assert "DRAGONFLY_JUDGE_BASE_URL" in result["skipped"] and "skipped" in result["skipped"]
     assert json.loads((out / METRICS_FILE).read_text()) == result
@@ -141,9 +142,9 @@ def test_cli_all_runs_what_is_found_under_root(model_dir: Path, tmp_path: Path) 
 def test_no_matching_samples_says_what_the_data_holds(model_dir: Path, synth_data) -> None:
     root, samples = synth_data
     with pytest.raises(NoSamplesError, match=r"synth_general/test/mcq: 2"):
-        evaluate(model_dir, "vqa_rad", samples, root, root / "unused")
+        evaluate(model_dir, "vqa_rad", root / "unused", EvalOptions(root=root, data=samples))
     with pytest.raises(NoSamplesError):
-        evaluate(model_dir, "synth_general", samples, root, root / "unused", split="train")
+        evaluate(model_dir, "synth_general", root / "unused", EvalOptions(root=root, data=samples, split="train"))
 
 
 def test_app_mounts_as_a_single_eval_command(model_dir: Path) -> None:

@@ -16,6 +16,7 @@ from dragonfly.data.schema import Sample, read_jsonl, user_assistant
 from dragonfly.eval import (
     METRICS_FILE,
     PREDICTIONS_FILE,
+    EvalOptions,
     evaluate,
     get_benchmark,
     predict,
@@ -38,18 +39,8 @@ def evaluated(model_dir: Path, synth_data: tuple[Path, Path], tmp_path_factory):
     MlflowClient(uri).create_experiment("eval-test", artifact_location=(work / "art").as_uri())
     tracker = Tracker("eval-test", "e2e", uri=uri)
     out = work / "out"
-    metrics = evaluate(
-        model_dir,
-        "synth_general",
-        samples_jsonl,
-        root,
-        out,
-        batch_size=3,
-        limit=LIMIT,
-        tracker=tracker,
-        max_new_tokens=6,
-        progress=False,
-    )
+    options = EvalOptions(root=root, data=samples_jsonl, batch_size=3, limit=LIMIT, max_new_tokens=6, progress=False)
+    metrics = evaluate(model_dir, "synth_general", out, options, tracker=tracker)
     tracker.finish()
     return {
         "out": out,

@@ -5,7 +5,7 @@ batches as the others."""
 from __future__ import annotations
 
 from dragonfly.data.schema import Sample, user_assistant
-from dragonfly.eval import evaluate
+from dragonfly.eval import EvalOptions, evaluate
 from dragonfly.eval.benchmarks import get_benchmark
 from dragonfly.eval.samples import select_samples
 
@@ -30,7 +30,8 @@ def test_the_image_subset_and_the_whole_split(tmp_path, saved_tiny, astronaut):
     assert [s.id[-1] for s in select_samples(get_benchmark("scienceqa_img"), samples)] == ["0", "2"]
     assert len(select_samples(get_benchmark("scienceqa"), samples)) == 5
     astronaut.resize((64, 64)).save(tmp_path / "q.png")
-    metrics = evaluate(saved_tiny, "scienceqa", samples, tmp_path, tmp_path / "out", batch_size=4, progress=False)
+    options = EvalOptions(root=tmp_path, batch_size=4, progress=False)
+    metrics = evaluate(saved_tiny, "scienceqa", tmp_path / "out", options, samples=samples)
     assert metrics["n"] == 5.0 and 0.0 <= metrics["accuracy"] <= 1.0
     prompts = [line for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert sum('"<image>' in p for p in prompts) == 2  # the text-only questions carry no placeholder

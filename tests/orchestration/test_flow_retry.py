@@ -39,7 +39,7 @@ def test_a_disk_hiccup_mid_training_is_retried_and_resumes(tmp_path, kit, monkey
     flows = _flow_module(root)
     with prefect_test_harness():
         summary = flows.dragonfly_pipeline(
-            "tiny", ["general1"], ["stages.general1.max_steps=3", "stages.general1.save_every=1"], register=False
+            "tiny", ["general1"], ["stages.general1.max_steps=3", "stages.general1.save_every=1"], register_models=False
         )
     assert summary["stages"] == ["general1"]
     assert (root / "runs/tiny/general1/final/config.json").is_file()

@@ -171,7 +171,7 @@ def train(
     stage: str,
     profile: str = "tiny",
     params: str | Path = DEFAULT_PARAMS,
-    overrides: list[str] | None = None,
+    stage_overrides: list[str] | None = None,
     resume: bool | str = False,
     out_dir: str | Path | None = None,
     sets: list[str] | None = None,
@@ -182,14 +182,15 @@ def train(
 ) -> Path:
     """Run one training stage of a profile; returns its ``final`` model directory.
 
-    ``overrides`` are relative to the stage (``lr=1e-4``); ``sets`` to the profile or the
-    data section, as in :func:`load_settings`. ``resume``: True continues from the newest
+    ``stage_overrides`` are relative to the stage (``lr=1e-4``, the CLI's bare ``key=value``);
+    ``sets`` to the profile or the data section (``stages.general2.lr=1e-4``, the CLI's
+    ``--set`` and the flow's ``overrides``), as in :func:`load_settings`. ``resume``: True continues from the newest
     checkpoint (an error when it is of another configuration or other inputs); ``"auto"``
     (the flow and the ablations, single process) continues only from a checkpoint of this
     very fingerprint and otherwise starts afresh, moving other checkpoints aside.
     ``progress``: a progress bar on a terminal (False: log lines only).
     """
-    plan = plan_stage(stage, profile, params, overrides, out_dir, sets)  # a bad key fails before torch loads
+    plan = plan_stage(stage, profile, params, stage_overrides, out_dir, sets)  # a bad key fails before torch loads
     # Held before old checkpoints are sorted, so a second run cannot move a running one's aside.
     with stage_lock.held(plan.out, stage_lock.launcher_rank_zero()):
         return _train(plan, resume, tracking, force, log, progress)
@@ -265,7 +266,7 @@ def plan_stage(
     stage: str,
     profile: str = "tiny",
     params: str | Path = DEFAULT_PARAMS,
-    overrides: list[str] | None = None,
+    stage_overrides: list[str] | None = None,
     out_dir: str | Path | None = None,
     sets: list[str] | None = None,
 ) -> StagePlan:
@@ -274,7 +275,7 @@ def plan_stage(
     from dragonfly.data.manifest import MANIFEST, verify_dataset
 
     settings = load_settings(params, profile, sets)
-    stage_cfg = load_stage(settings.profile, stage, overrides)
+    stage_cfg = load_stage(settings.profile, stage, stage_overrides)
     mixture = settings.data.mixture(stage_cfg.data.mixture)
     out = Path(out_dir) if out_dir else stage_dir(settings.profile, stage)
     if out.exists() and not out.is_dir():

@@ -147,8 +147,9 @@ def step_check(model, paths: list[Path], text: int, device: torch.device, smoke:
             records = timed_steps(model, loader, optimiser, device, 1 if smoke else 2, 2 if smoke else 5)
             break
         except torch.OutOfMemoryError:
-            del loader
-            _free(model, device)
+            pass
+        del loader  # out of memory: free it outside the handler, whose traceback holds the step's tensors
+        _free(model, device)
     else:
         raise RuntimeError(f"no micro-batch of {tried} fits this GPU")
     ms = summarise(records)

@@ -57,9 +57,13 @@ def exact_fp32():
 
 
 def twins(model):
-    """(bf16 model, fp32 model holding the bf16 model's weights); `model` becomes the first."""
-    bf16 = model.to(torch.bfloat16)
-    return bf16, copy.deepcopy(bf16).float()
+    """(bf16 model, fp32 model holding the bf16 model's weights); `model` becomes the first.
+    Only the parameters become bf16, as `from_pretrained(dtype=bfloat16)` loads the paper
+    profile's backbones: buffers such as RoPE's inverse frequencies stay fp32 (`model.to`
+    would round them to bf16, and with them every position's rotation angle)."""
+    for param in model.parameters():
+        param.data = param.data.to(torch.bfloat16)
+    return model, copy.deepcopy(model).float()
 
 
 def forward_backward(model, batch: dict) -> tuple[float, torch.Tensor | None]:

@@ -118,7 +118,8 @@ class MasterAdamW:
 
     def step(self) -> None:
         for p, master in self.pairs:
-            master.grad, p.grad = p.grad.float(), None
+            if p.grad is not None:  # a parameter the step did not reach keeps its value, as in AdamW
+                master.grad, p.grad = p.grad.float(), None
         self.inner.step()
         for p, master in self.pairs:
             p.data.copy_(master)

@@ -27,6 +27,7 @@ import platform
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -88,31 +89,43 @@ def environment(device: torch.device, smoke: bool) -> dict:
     }
 
 
-def tiny_section(device: torch.device, smoke: bool, work: Path) -> dict:
+@dataclass
+class Check:
+    """What every section gets: where it runs, how big, its scratch folder, and what an
+    earlier section left for a later one (the paper-shaped model for the step)."""
+
+    device: torch.device
+    smoke: bool
+    work: Path
+    shared: dict = field(default_factory=dict)
+
+
+def tiny_section(check: Check) -> dict:
     """The tiny profile's model: bf16 against fp32, and its zoom on real photographs."""
-    model, processor = tiny_model(device)
-    images = photos(4 if smoke else None)
-    batch = _on(device, tiny_batch(processor, list(images.values())[:4]))
+    model, processor = tiny_model(check.device)
+    images = photos(4 if check.smoke else None)
+    batch = _on(check.device, tiny_batch(processor, list(images.values())[:4]))
     bf16, fp32 = twins(model)
     return {
-        "agreement": agreement(bf16, fp32, batch, device),
-        "zoom": zoom_agreement(bf16, fp32, processor.image_processor, images, device),
+        "agreement": agreement(bf16, fp32, batch, check.device),
+        "zoom": zoom_agreement(bf16, fp32, processor.image_processor, images, check.device),
     }
 
 
-def trainer_section(device: torch.device, smoke: bool, work: Path) -> dict:
+def trainer_section(check: Check) -> dict:
     from gpu_check_train import trainer_check
 
-    return trainer_check(work / "trainer", device.type == "cuda")
+    return trainer_check(check.work / "trainer", check.device.type == "cuda")
 
 
-def paper_section(device: torch.device, smoke: bool, work: Path) -> dict:
-    """The paper-shaped model: bf16 against fp32, its zoom, then the timed general2 step."""
+def paper_section(check: Check) -> dict:
+    """The paper-shaped model: bf16 against fp32 and its zoom; the bf16 model stays for the step."""
     from dragonfly.pipeline.dryrun import ASSUMED
 
-    model = paper_shaped(SMOKE if smoke else FULL, device, work / "configs")
-    images = photos(4 if smoke else None)
-    paths = save_photos(images, work / "photos")
+    device = check.device
+    model = paper_shaped(SMOKE if check.smoke else FULL, device, check.work / "configs")
+    images = photos(4 if check.smoke else None)
+    paths = save_photos(images, check.work / "photos")
     text = ASSUMED[_general2().data.mixture][1]  # the dry run's text positions per sample
     batch = _on(device, next(iter(paper_loader(paths, model.config, text, 2, 0, False))))
     bf16, fp32 = twins(model)
@@ -122,8 +135,15 @@ def paper_section(device: torch.device, smoke: bool, work: Path) -> dict:
     }
     del fp32, batch
     _free(bf16, device)
-    out["step"] = step_check(bf16, paths, text, device, smoke)
+    check.shared.update(model=bf16, paths=paths, text=text)
     return out
+
+
+def step_section(check: Check) -> dict:
+    if "model" not in check.shared:
+        raise RuntimeError("no paper-shaped model: its section failed (see there)")
+    shared = check.shared
+    return step_check(shared["model"], shared["paths"], shared["text"], check.device, check.smoke)
 
 
 def step_check(model, paths: list[Path], text: int, device: torch.device, smoke: bool) -> dict:
@@ -199,21 +219,27 @@ def _free(model, device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-SECTIONS = (("tiny", tiny_section, 20), ("trainer", trainer_section, 60), ("paper", paper_section, 120))
+# (name, section, the seconds of budget it needs to start): the results are written after each.
+SECTIONS = (
+    ("tiny", tiny_section, 20),
+    ("trainer", trainer_section, 60),
+    ("paper", paper_section, 60),
+    ("step", step_section, 60),
+)
 
 
 def run(out: Path, device: torch.device, smoke: bool) -> dict:
     """Every section in turn, each within what is left of the budget; results after each."""
     began = time.perf_counter()
     results = {"meta": environment(device, smoke), "sections": {}, "errors": {}, "seconds": {}}
-    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    check = Check(device, smoke, Path(tempfile.mkdtemp(prefix="gpu-check-")))
     for name, section, needs in SECTIONS:
         if BUDGET_S - (time.perf_counter() - began) < needs:
             results["errors"][name] = f"skipped: under {needs} s of the {BUDGET_S:.0f} s budget left"
             continue
         start = time.perf_counter()
         try:
-            results["sections"][name] = section(device, smoke, work)
+            results["sections"][name] = section(check)
         except Exception:
             results["errors"][name] = traceback.format_exc()[-4000:]
         results["seconds"][name] = round(time.perf_counter() - start, 1)

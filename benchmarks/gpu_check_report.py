@@ -66,6 +66,7 @@ def trainer_lines(result: dict) -> list[str]:
         ["resume: largest loss difference", _num(result["loss_max_diff"])],
         ["resume: largest weight difference", _num(result["weights_max_diff"])],
         ["resume bit-exact", _num(result["bit_exact"])],
+        ["verdict", result["verdict"]],
     ]
     if "repeat_run" in result:
         rows.append(["a second uninterrupted run: weight difference", _num(result["repeat_run"]["weights_max_diff"])])
@@ -159,8 +160,8 @@ def render(results: dict) -> str:
         )
     if "trainer" in sections:
         lines += ["", "## Trainer: steps, checkpoint, resume", ""] + trainer_lines(sections["trainer"])
-    if "paper" in sections and "step" in sections["paper"]:
-        step = sections["paper"]["step"]
+    if "step" in sections:
+        step = sections["step"]
         lines += ["", f"## Paper-shaped general2 step ({step['describe']})", ""] + step_lines(step)
     for name, error in errors.items():
         lines += ["", f"## {name}: failed", "", "```", error.strip()[-1500:], "```"]

@@ -144,7 +144,7 @@ def one_step(model, batch: dict, optimiser: MasterAdamW, probe: StepProbe, clock
     done = clock.mark()
     clock.sync()
     split = probe.split((back, stepped), (stepped, done), (start, copied))
-    return split | {"gpu_step": clock.ms(start, done), "loss": float(loss)}
+    return split | {"gpu_step": clock.ms(start, done), "loss": float(loss.detach())}
 
 
 def timed_steps(model, loader, optimiser, device, warmup: int, steps: int) -> list[dict]:

@@ -45,7 +45,7 @@ def test_every_section_ran_in_smoke_mode(run, smoke):
     assert (run.out / "gpu_check.log").is_file()
     results, _ = smoke
     assert results["errors"] == {}
-    assert set(results["sections"]) == {"tiny", "trainer", "paper"}
+    assert set(results["sections"]) == {"tiny", "trainer", "paper", "step"}
     assert results["meta"]["mode"] == "smoke"
     assert results["meta"]["packages"]["transformers"]  # version and where it was imported from
 
@@ -82,7 +82,7 @@ def test_the_trainer_resumes_bit_exact(smoke):
 
 
 def test_the_step_is_split_by_part_beside_the_dry_run(smoke):
-    step = smoke[0]["sections"]["paper"]["step"]
+    step = smoke[0]["sections"]["step"]
     assert step["positions_per_sample"] == 300 + 867 - 1  # the dry run's text + one image's positions
     for part in STEP_PARTS:
         assert math.isfinite(step["ms"][part]) and step["ms"][part] >= 0

@@ -27,7 +27,8 @@ MlflowOption = typer.Option(
     True,
     "--mlflow/--no-mlflow",
     envvar=TRACKING_SWITCH,
-    help=f"Log to MLflow (MLFLOW_TRACKING_URI, else mlflow.db at the project root); {TRACKING_SWITCH}=0 is --no-mlflow.",
+    show_envvar=False,  # named in the help; rich would cut the long name in an 80-column help
+    help=f"Log to MLflow; the default comes from {TRACKING_SWITCH} (README: Configuration).",
 )
 SetOption = typer.Option(
     [],

@@ -10,9 +10,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-# On: an expected error shows its traceback too (read as every switch is: dragonfly.switches).
-DEBUG_SWITCH = "DRAGONFLY_DEBUG"
-
 
 class DragonflyError(Exception):
     """An expected failure (bad config, data, checkpoint, image...): the message says what

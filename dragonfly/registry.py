@@ -361,7 +361,8 @@ def _register_version(client, run_id, model_dir, metrics, value, track, tags) ->
 
 # --- resolving models:/ URIs -----------------------------------------------------------
 
-_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+# Only to say why a URI names no version; MLflow itself reads the URI (`_version`).
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+|latest))$")
 
 
 def is_registry_uri(ref: str | Path) -> bool:
@@ -370,38 +371,52 @@ def is_registry_uri(ref: str | Path) -> bool:
 
 def resolve_model(ref: str | Path, uri: str | None = None, cache: str | Path = DEFAULT_CACHE) -> Path:
     """A local ``save_pretrained`` directory for ``ref``: a path is returned as is (its
-    checks are ``inference.load``'s); ``models:/name@alias`` or ``models:/name/3`` is
-    downloaded once into ``<cache>/<name>/<version>`` (default ``./.dragonfly-models``)."""
+    checks are ``inference.load``'s); a ``models:/`` URI (``models:/name@alias``,
+    ``models:/name/3``, ``models:/name/latest``), resolved by MLflow in the store ``uri``,
+    is downloaded once into ``<cache>/<name>/<version>`` (default ``./.dragonfly-models``)."""
     if not is_registry_uri(ref):
         return Path(ref)
-    match = _URI.match(str(ref))
-    if match is None:
-        raise DragonflyError(f"model URI {str(ref)!r} is not one of {URI_FORMS}")
     with _quiet_mlflow():
         client = _client(uri)
-        version = _find_version(client, match["name"], match["alias"], match["version"])
-        return _download(version, uri or tracking_uri(), Path(cache))
+        return _download(_version(client, str(ref)), uri or tracking_uri(), Path(cache))
 
 
-def _find_version(client, name: str, alias: str | None, number: str | None):
+def _version(client, ref: str):
+    """The model version ``ref`` names, as MLflow reads a ``models:/`` URI (the same
+    reading as ``mlflow.pyfunc.load_model``), in ``client``'s store; when it names none, an
+    error saying what the store has."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    try:
+        name, number = get_model_name_and_version(client, ref)
+        return client.get_model_version(name, number)
+    except MlflowException:
+        raise _unresolved(client, ref) from None
+
+
+def _unresolved(client, ref: str) -> DragonflyError:
+    """Why ``ref`` names no version: a malformed URI, or the models, aliases and versions there are."""
     from mlflow.exceptions import MlflowException
 
+    match = _URI.match(ref)
+    if match is None:
+        return DragonflyError(f"model URI {ref!r} is not one of {URI_FORMS}")
+    name, alias = match["name"], match["alias"]
     try:
         model = client.get_registered_model(name)
     except MlflowException:
         names = [m.name for m in client.search_registered_models()]
-        raise DragonflyError(
+        return DragonflyError(
             f"registered model {name!r} not found{close_match(name, names)}; "
             f"registered: {', '.join(sorted(names)) or 'none'}"
-        ) from None
+        )
     versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
     aliases = ", ".join(f"@{a} (version {v})" for a, v in sorted(model.aliases.items()))
     known = f"aliases: {aliases or 'none'}; versions: {', '.join(map(str, versions)) or 'none'}"
-    if alias is not None and alias not in model.aliases:
-        raise DragonflyError(f"model {name!r} has no alias @{alias}{close_match(alias, model.aliases)}; {known}")
-    if number is not None and int(number) not in versions:
-        raise DragonflyError(f"model {name!r} has no version {number}; {known}")
-    return client.get_model_version(name, model.aliases[alias] if alias else number)
+    if alias is not None:
+        return DragonflyError(f"model {name!r} has no alias @{alias}{close_match(alias, model.aliases)}; {known}")
+    return DragonflyError(f"model {name!r} has no version {match['version']}; {known}")
 
 
 def _download(version, uri: str, cache: Path) -> Path:

@@ -15,15 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dragonfly.switches import switch
-
 # The project's config, dragonfly.config.DEFAULT_PARAMS (a layer above this module, so not imported).
 PARAMS = "params.yaml"
 STORE = "mlflow.db"
 ARTIFACTS = "mlruns"
 SQLITE = "sqlite:///"
 RESUMED_FROM_TAG = "dragonfly.resumed_from_run"
-TRACKING_SWITCH = "DRAGONFLY_TRACKING"  # the CLI's --mlflow/--no-mlflow reads it as its default
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -83,8 +80,8 @@ def artifact_location(uri: str) -> str | None:
 @dataclass(frozen=True)
 class Tracking:
     """Where a step records its runs, and the run they nest under. Steps take one of these
-    as an argument (``None``: no tracking); only the edges (CLI, flow) read the
-    environment, in :func:`tracking_from_env`."""
+    as an argument (``None``: no tracking); only the edges (CLI, flow) read the tracking
+    switch, and hand :func:`tracking_for` its value."""
 
     uri: str = field(default_factory=default_uri)
     parent_run_id: str | None = None
@@ -98,12 +95,10 @@ class Tracking:
         return Tracker(experiment, run_name, run_id, self.parent_run_id, self.uri, tags)
 
 
-def tracking_from_env(environ: Mapping[str, str] = os.environ) -> Tracking | None:
-    """``DRAGONFLY_TRACKING=0`` switches tracking off (on by default, read as every switch is:
-    :mod:`dragonfly.switches`); ``MLFLOW_TRACKING_URI`` picks the store."""
-    if not switch(TRACKING_SWITCH, True, environ):
-        return None
-    return Tracking(uri=environ.get("MLFLOW_TRACKING_URI") or default_uri())
+def tracking_for(on: bool, uri: str | None = None) -> Tracking | None:
+    """What a command's tracking switch (``--mlflow/--no-mlflow``, the flow's ``mlflow``)
+    gives its steps: runs into ``uri`` (default :func:`tracking_uri`) when on, else None."""
+    return Tracking(uri or tracking_uri()) if on else None
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, str]:

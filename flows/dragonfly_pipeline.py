@@ -24,12 +24,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from dragonfly import pipeline
-from dragonfly.errors import DEBUG_SWITCH, DragonflyError
+from dragonfly import pipeline, switches
+from dragonfly.errors import DragonflyError
 from dragonfly.pipeline import declaration, sky_jobs
 from dragonfly.report import loss_curves_png, pipeline_report, report_rows
-from dragonfly.switches import switch
-from dragonfly.tracking import Tracking, tracking_from_env
+from dragonfly.tracking import Tracking, tracking_for
 
 
 def retry_unless_expected(task, task_run, state) -> bool:
@@ -65,7 +64,7 @@ def pretrain_task(profile: str, params: str, sets: list[str], tracking: Tracking
     task_run_name="train-{stage}",
 )
 def train_task(stage: str, profile: str, params: str, sets: list[str], tracking: Tracking | None) -> str:
-    return str(pipeline.train(stage, profile, params, resume="auto", sets=sets, tracking=tracking, log=_log))
+    return str(pipeline.train(stage, profile, params, sets, resume="auto", tracking=tracking, log=_log))
 
 
 # A retry after a crash of this worker finds the job still running by name and waits for it.
@@ -124,24 +123,28 @@ def dragonfly_pipeline(
     register_models: bool = True,
     params: str = "params.yaml",
     eval_dir: str = "eval",
+    mlflow: bool | None = None,
     tracking_uri: str | None = None,
     train_on: str = "local",
     sky: dict | None = None,
 ) -> dict:
     """Run the pipeline of PROFILE. ``stages``: a subset to run (the others are read from
-    their outputs); ``overrides``: ``--set``-style keys (``stages.general2.max_steps=50``);
-    ``benchmarks``: ``{"general": [...], "med": [...]}``; ``train_on``: ``local`` or
-    ``sky`` (managed jobs, ``sky``: the settings of ``dragonfly.pipeline.sky_jobs.SkyTarget``).
-    Returns the evaluation metrics and registrations per track."""
-    sets = list(overrides or [])
-    settings = pipeline.load_settings(params, profile, sets)  # a bad key fails here, before any work
-    chosen = _wanted(stages, settings.profile.stages)
+    their outputs); ``overrides``: as ``dragonfly train --set`` takes them
+    (``stages.general2.max_steps=50``; ``max_steps=50``: every stage run);
+    ``benchmarks``: ``{"general": [...], "med": [...]}``; ``mlflow``: log to MLflow (None:
+    as ``DRAGONFLY_TRACKING`` says, on when unset), into ``tracking_uri`` if given;
+    ``train_on``: ``local`` or ``sky`` (managed jobs, ``sky``: the settings of
+    ``dragonfly.pipeline.sky_jobs.SkyTarget``). Returns the evaluation metrics and
+    registrations per track (README, Configuration)."""
+    # A bad key fails here, before any work; every task gets the overrides as applied.
+    settings = pipeline.load_settings(params, profile, overrides, trained=stages or None)
+    sets, chosen = list(settings.overrides), _wanted(stages, settings.profile.stages)
+    base = tracking_for(switches.tracking(mlflow), tracking_uri)
     if train_on not in ("local", "sky"):
         raise DragonflyError(f"train_on must be local or sky, not {train_on!r}")
     if train_on == "sky":
-        return _on_sky(profile, chosen, sets, benchmarks or {}, register_models, params, settings, sky)
+        return _on_sky(profile, chosen, sets, benchmarks or {}, register_models, params, settings, sky, base)
     benchmarks = {**declaration.default_benchmarks(), **(benchmarks or {})}
-    base = Tracking(tracking_uri) if tracking_uri else tracking_from_env()
     parent = base.tracker(f"dragonfly-{profile}", "pipeline", tags={"dragonfly.profile": profile}) if base else None
     tracking = base.under(parent.run_id) if parent else None
     summary = {"profile": profile, "stages": chosen, "tracks": {}}
@@ -181,7 +184,7 @@ def dragonfly_pipeline(
         return summary
 
 
-def _on_sky(profile, chosen, sets, benchmarks, register_models, params, settings, sky) -> dict:
+def _on_sky(profile, chosen, sets, benchmarks, register_models, params, settings, sky, tracking) -> dict:
     """The stages as SkyPilot managed jobs, one after the other, each waited for; each
     track's evaluation as one more. The data is the data bucket's (mixtures built where the
     data is, docs/sky.md), so nothing is prepared here."""
@@ -204,7 +207,7 @@ def _on_sky(profile, chosen, sets, benchmarks, register_models, params, settings
         eval_dir = f"{target.mirror}/eval/{stage}" if target.mirror else f"{target.ckpt_bucket}/eval/{stage}"
         entry = {"model": final, "metrics": metrics, "eval_dir": eval_dir}
         if register_models and metrics is not None and local is not None:
-            entry["registration"] = register_task(track, str(local), metrics, params, tracking_from_env())
+            entry["registration"] = register_task(track, str(local), metrics, params, tracking)
         elif register_models:
             _log(f"{track}: not registered (no sky.mirror: the model and its metrics are on {target.ckpt_bucket})")
         tracks[track] = entry
@@ -222,21 +225,32 @@ def _sky_settings(items: list[str]) -> dict:
     return dict(item.split("=", 1) for item in items)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python flows/dragonfly_pipeline.py`: the flow in Prefect's ephemeral mode; prints the report."""
+def command_line() -> argparse.ArgumentParser:
+    """The flow's command line: its parameters, spelled as the ``dragonfly`` command's."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--stage", action="append", dest="stages", help="run only these stages (repeatable)")
-    parser.add_argument("--set", action="append", dest="overrides", default=[], help="dotted override")
+    parser.add_argument("--set", action="append", dest="overrides", default=[], help="override (README, Configuration)")
     parser.add_argument("--eval-limit", type=int, default=None)
     parser.add_argument("--no-register-models", action="store_true", help="evaluate without registering")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument(
+        "--mlflow",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"log to MLflow (default: on, unless {switches.TRACKING}=0)",
+    )
     parser.add_argument("--train-on", choices=["local", "sky"], default="local", help="sky: SkyPilot managed jobs")
     parser.add_argument("--sky", action="append", default=[], help="SkyPilot setting KEY=VALUE (docs/sky.md)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python flows/dragonfly_pipeline.py`: the flow in Prefect's ephemeral mode; prints the report."""
+    args = command_line().parse_args(argv)
     try:
         # The flow checks this too; checking first keeps a typo to one line, without a flow run.
-        settings = pipeline.load_settings(args.params, args.profile, args.overrides)
+        settings = pipeline.load_settings(args.params, args.profile, args.overrides, trained=args.stages or None)
         _wanted(args.stages, settings.profile.stages)
         sky = _sky_settings(args.sky) if args.train_on == "sky" else None
         if sky is not None:
@@ -249,11 +263,12 @@ def main(argv: list[str] | None = None) -> None:
             args.eval_limit,
             not args.no_register_models,
             args.params,
+            mlflow=args.mlflow,
             train_on=args.train_on,
             sky=sky,
         )
     except DragonflyError as err:
-        if switch(DEBUG_SWITCH, False):
+        if switches.debug(None):
             raise
         print(f"error: {err}", file=sys.stderr)
         if err.hint:

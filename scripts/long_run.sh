@@ -32,7 +32,7 @@ for seed in ${SEEDS:-0}; do
     args=()
     for variant in $variants; do args+=(--variant "$variant"); done
     "$bin/dragonfly" ablate --out "$out" --seed "$seed" --no-progress "${args[@]}" \
-        general1.max_steps=200 general2.max_steps=1500 general2.epochs=20
+        stages.general1.max_steps=200 stages.general2.max_steps=1500 stages.general2.epochs=20
     for variant in $variants; do
         case $variant in
             baseline*) ;;  # no selection to measure

@@ -11,11 +11,12 @@ from dragonfly.config import DEFAULT_PARAMS
 from dragonfly.switches import switch
 from dragonfly.tracking import (
     PARAMS,
+    TRACKING_SWITCH,
     Tracking,
     artifact_location,
     metric_values,
     project_root,
-    tracking_from_env,
+    tracking_for,
     tracking_uri,
 )
 
@@ -34,7 +35,7 @@ def project(tmp_path, monkeypatch):
 
 
 def test_a_tracked_run_from_a_subfolder_writes_the_store_at_the_root(project):
-    tracking = tracking_from_env({})
+    tracking = tracking_for(True)
     assert tracking is not None and tracking.uri == f"sqlite:///{project / 'mlflow.db'}"
     assert tracking_uri() == tracking.uri == Tracking().uri  # what the registry and the eval CLI use
     (here := project / "runs" / "tiny" / "metrics.jsonl").write_text("{}\n")
@@ -70,8 +71,9 @@ def test_mlflow_tracking_uri_still_wins_and_its_artifacts_sit_beside_it(project,
     store = tmp_path / "elsewhere" / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
     assert tracking_uri() == f"sqlite:///{store}"
-    assert tracking_from_env({"MLFLOW_TRACKING_URI": "http://mlflow:5000"}).uri == "http://mlflow:5000"
-    assert tracking_from_env({"DRAGONFLY_TRACKING": "0"}) is None
+    assert tracking_for(True).uri == f"sqlite:///{store}"  # what every command's --mlflow logs to
+    assert tracking_for(True, "http://mlflow:5000").uri == "http://mlflow:5000"  # the flow's tracking_uri
+    assert tracking_for(False) is None and tracking_for(False, "http://mlflow:5000") is None
     assert artifact_location(f"sqlite:///{store}") == (store.parent / "mlruns").as_uri()
     assert artifact_location("sqlite:///local.db") == (project / "runs" / "tiny" / "mlruns").as_uri()  # relative: cwd
     assert artifact_location("http://mlflow:5000") is None and artifact_location("sqlite:///:memory:") is None
@@ -100,7 +102,7 @@ def test_the_report_names_the_store_without_its_credentials(uri, shown, secret):
 
 
 def test_a_tracker_ends_its_run_failed_when_the_block_raises_and_finished_when_it_returns(project):
-    tracking = tracking_from_env({})
+    tracking = tracking_for(True)
     with pytest.raises(RuntimeError, match="boom"), tracking.tracker("dragonfly-tiny", "broken") as broken:
         broken.log_metrics({"loss": 1.0}, 1)
         raise RuntimeError("boom")  # propagates: the run records the failure, the caller still sees it
@@ -131,5 +133,8 @@ def test_every_switch_reads_the_same(value, default, expected):
 
 
 def test_tracking_is_on_unless_switched_off(project):
-    assert tracking_from_env({}) is not None and tracking_from_env({"DRAGONFLY_TRACKING": ""}) is not None
-    assert tracking_from_env({"DRAGONFLY_TRACKING": "0"}) is None
+    def at_the_edge(environ):  # what the flow does with mlflow=None
+        return tracking_for(switch(TRACKING_SWITCH, True, environ))
+
+    assert at_the_edge({}) is not None and at_the_edge({"DRAGONFLY_TRACKING": ""}) is not None
+    assert at_the_edge({"DRAGONFLY_TRACKING": "0"}) is None

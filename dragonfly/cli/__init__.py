@@ -11,9 +11,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from dragonfly.errors import DEBUG_SWITCH, DragonflyError
-from dragonfly.switches import switch
-from dragonfly.tracking import TRACKING_SWITCH
+from dragonfly import switches
+from dragonfly.errors import DragonflyError
 
 app = typer.Typer(
     help="Dragonfly: multi-resolution zoom-in vision-language model. "
@@ -23,18 +22,18 @@ app = typer.Typer(
 )
 console = Console()
 ParamsOption = typer.Option(Path("params.yaml"), "--params", help="Params file holding the profiles.")
+# Read with dragonfly.switches.tracking, as the flow reads its `mlflow` parameter.
 MlflowOption = typer.Option(
-    True,
+    None,
     "--mlflow/--no-mlflow",
-    envvar=TRACKING_SWITCH,
-    show_envvar=False,  # named in the help; rich would cut the long name in an 80-column help
-    help=f"Log to MLflow; the default comes from {TRACKING_SWITCH} (README: Configuration).",
+    show_default=False,
+    help=f"Log to MLflow (default: on, unless {switches.TRACKING}=0; README: Configuration).",
 )
 SetOption = typer.Option(
     [],
     "--set",
-    help="Dotted override of the profile, e.g. model.layout.select_k=2, "
-    "or of the data section, e.g. data.root=/mnt/data.",
+    help="Override KEY=VALUE of the profile (stages.general2.lr=1e-4, model.layout.select_k=2) "
+    "or of the data section (data.root=/mnt/data); README, Configuration.",
 )
 
 
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     exits 1; ``--debug`` or ``DRAGONFLY_DEBUG=1`` shows its traceback. Anything else is a
     bug and keeps its traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or switch(DEBUG_SWITCH, False)
+    debug = switches.debug(True if "--debug" in args else None)
     args = [a for a in args if a != "--debug"]
     try:
         app(args=args, prog_name="dragonfly")
@@ -179,15 +178,15 @@ def pretrain_vision(
     params: Path = ParamsOption,
     force: bool = typer.Option(False, help="Retrain even if the same tower is already saved."),
     override: list[str] = typer.Option([], "--set", help="Dotted override, e.g. vision_pretrain.steps=500."),
-    mlflow: bool = MlflowOption,
+    mlflow: bool | None = MlflowOption,
 ):
     """Pretrain the tiny vision tower (CLIP's stand-in) and save it to model.tiny.vision_from."""
     from rich.table import Table
 
     from dragonfly.pipeline import pretrain_vision as run
-    from dragonfly.tracking import Tracking, tracking_uri
+    from dragonfly.tracking import tracking_for
 
-    out, metrics = run(profile, params, override, force, tracking=Tracking(tracking_uri()) if mlflow else None)
+    out, metrics = run(profile, params, override, force, tracking=tracking_for(switches.tracking(mlflow)))
     table = Table("held-out patches", "value", title=f"vision tower → {out}")
     for key in (
         "shape_accuracy",
@@ -255,28 +254,30 @@ def train(
     ),
     gpus: int = typer.Option(8, min=1, help="GPUs the dry run plans for (nodes × GPUs per node)."),
     mfu: float = typer.Option(0.4, min=0.01, max=1.0, help="Model FLOPs utilisation the dry run assumes."),
-    mlflow: bool = MlflowOption,
-    overrides: list[str] = typer.Argument(None, help="Stage overrides key=value, e.g. lr=1e-4 max_steps=5."),
+    mlflow: bool | None = MlflowOption,
+    overrides: list[str] = typer.Argument(
+        None, help="Overrides as --set takes them; a stage key alone is this stage's, e.g. lr=1e-4 max_steps=5."
+    ),
 ):
     """Train one stage; writes checkpoints and a save_pretrained model to <out>/final."""
+    overrides = [*override, *(overrides or [])]  # one list: --set and the trailing arguments mean the same
     if dry_run:
         from dragonfly.pipeline.dryrun import dry_run as plan
         from dragonfly.pipeline.dryrun import render
 
-        console.print(render(plan(stage, profile, params, overrides or [], override, gpus, mfu)))
+        console.print(render(plan(stage, profile, params, overrides, gpus, mfu)))
         return
     from dragonfly.pipeline import train as run
-    from dragonfly.tracking import Tracking, tracking_uri
+    from dragonfly.tracking import tracking_for
 
     final = run(
         stage,
         profile,
         params,
-        overrides or [],
+        overrides,
         "auto" if resume_auto else resume,
         out,
-        sets=override,
-        tracking=Tracking(tracking_uri()) if mlflow else None,
+        tracking=tracking_for(switches.tracking(mlflow)),
         force=force,
         progress=progress,
     )
@@ -295,11 +296,12 @@ def ablate(
     limit: int | None = typer.Option(None, min=1, help="Evaluate the first N samples only."),
     seed: int = typer.Option(0, help="Model init and training seed, the same for every variant."),
     batch_size: int = typer.Option(16, min=1, help="Evaluation batch size."),
-    mlflow: bool = MlflowOption,
+    mlflow: bool | None = MlflowOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show evaluation progress bars."),
     overrides: list[str] = typer.Argument(
         None,
-        help="Stage overrides key=value for every stage, or <stage>.key=value for one, e.g. general2.max_steps=300.",
+        help="Overrides as `train` takes them: a stage key alone is every stage's (max_steps=20), "
+        "stages.<stage>.key=value one stage's (stages.general2.max_steps=300).",
     ),
 ):
     """Train and evaluate the paper's ablation variants; write ablation.md/.csv/.json (Tables 1, 5, 6)."""
@@ -315,7 +317,7 @@ def ablate(
         tuple(benchmark) or ("synth_general",),
         limit,
         seed,
-        mlflow=mlflow,
+        mlflow=switches.tracking(mlflow),
         eval_batch_size=batch_size,
         progress=progress,
     )

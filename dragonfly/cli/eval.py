@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dragonfly import switches
 from dragonfly.cli import MlflowOption
 from dragonfly.eval.benchmarks import (
     BENCHMARKS,
@@ -163,7 +164,7 @@ def eval_command(
     ] = None,
     split: Annotated[str | None, typer.Option(help="Override the benchmark's split.")] = None,
     source: Annotated[list[str] | None, typer.Option(help="Accept these sample source names instead.")] = None,
-    mlflow: bool = MlflowOption,
+    mlflow: bool | None = MlflowOption,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = EXPERIMENT,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     force: Annotated[bool, typer.Option(help="Evaluate even when OUT records the same evaluation.")] = False,
@@ -193,7 +194,8 @@ def eval_command(
     model = resolve_model(model)  # a models:/ URI becomes its downloaded directory
     names = [s.name for s in specs]
     try:
-        results = _evaluate(model, names, out, options, mlflow, experiment, force, skip_missing=benchmark == "all")
+        tracked = switches.tracking(mlflow)
+        results = _evaluate(model, names, out, options, tracked, experiment, force, skip_missing=benchmark == "all")
     except (NoSamplesError, FileNotFoundError) as err:
         console.print(f"[red]error[/]: {err}")
         raise typer.Exit(1) from None
@@ -218,9 +220,9 @@ def _evaluate(
     """The pipeline's evaluation, its benchmarks' runs nested under an "eval" run when there
     are several."""
     from dragonfly.pipeline import evaluate
-    from dragonfly.tracking import Tracking, tracking_uri
+    from dragonfly.tracking import tracking_for
 
-    base = Tracking(tracking_uri()) if mlflow else None
+    base = tracking_for(mlflow)
     parent = base.tracker(experiment, "eval") if base is not None and len(names) > 1 else None
     tracking = base.under(parent.run_id) if parent is not None else base
     with parent or nullcontext():

@@ -32,13 +32,14 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from dragonfly.config import ConfigError, load_params, load_profile
+from dragonfly.config import ConfigError, load_params
 from dragonfly.eval.ablation_report import VariantResult, write_report
 from dragonfly.eval.benchmarks import get_benchmark
 from dragonfly.eval.evaluator import PREDICTIONS_FILE
 from dragonfly.eval.scoring import read_predictions
 from dragonfly.files import atomic_write_json, read_jsonl
 from dragonfly.fingerprint import details, record_stamp
+from dragonfly.pipeline.steps import EvalOptions, evaluate, load_settings, train
 from dragonfly.tracking import Tracking, metric_values, tracking_uri
 from dragonfly.train.config import load_stage
 
@@ -67,7 +68,7 @@ class Plan:
     params: Path  # the snapshot in out_dir
     out_dir: Path
     stages: tuple[str, ...]
-    stage_overrides: dict[str, list[str]]
+    overrides: tuple[str, ...]  # each relative to the profile (README, Configuration)
     benchmarks: tuple[str, ...]
     eval_limit: int | None
     eval_batch_size: int
@@ -84,19 +85,6 @@ def load_variants(params: str | Path) -> dict[str, dict]:
     if not isinstance(found, dict) or not all(isinstance(v, dict) for v in found.values()):
         raise ConfigError(f"{params}: `ablations:` must map variant names to layout mappings")
     return found
-
-
-def split_overrides(overrides: Sequence[str], stages: Sequence[str]) -> dict[str, list[str]]:
-    """`key=value` applies to every stage, `<stage>.key=value` to that stage only."""
-    out: dict[str, list[str]] = {s: [] for s in stages}
-    for item in overrides:
-        head = item.split("=", 1)[0].split(".", 1)
-        if len(head) == 2 and head[0] in out:
-            out[head[0]].append(item.split(".", 1)[1])
-        else:
-            for stage in stages:
-                out[stage].append(item)
-    return out
 
 
 def _losses(metrics_jsonl: Path) -> dict[str, float]:
@@ -124,15 +112,13 @@ def _train_variant(plan: Plan, name: str, layout: Mapping, run_id: str | None):
     Each stage is :func:`~dragonfly.pipeline.train`, skipped by the pipeline's one
     fingerprint rule; a stage chained from a retrained one has a new fingerprint (its init
     is part of it), so everything after a change trains again."""
-    from dragonfly.pipeline.steps import train
-
     tracking = Tracking(tracking_uri(), run_id) if (plan.mlflow and run_id) else None
     previous: Path | None = None
     seconds, losses, reused = {}, {}, []
     for stage in plan.stages:
-        overrides = [
+        overrides = [  # a stage key alone is that of the stage `train` trains
             *_layout_overrides(layout),
-            *plan.stage_overrides[stage],
+            *plan.overrides,
             f"seed={plan.seed}",
             f"init_from={json.dumps(str(previous)) if previous else 'init'}",
         ]
@@ -163,8 +149,6 @@ def _evaluate_variant(plan: Plan, name: str, final: Path):
     """Evaluate one variant's final model on every benchmark with
     :func:`~dragonfly.pipeline.evaluate` (skipped when its fingerprint matches); returns
     (metrics, distinct answers, seconds, reused)."""
-    from dragonfly.pipeline.steps import EvalOptions, evaluate
-
     out = plan.out_dir / name / "eval"
     benchmarks = list(plan.benchmarks)
     options = EvalOptions(limit=plan.eval_limit, batch_size=plan.eval_batch_size, progress=plan.progress)
@@ -230,7 +214,7 @@ def _log_variant(tracker, plan: Plan, result: VariantResult) -> None:
             "variant": result.name,
             "layout": result.layout,
             "stages": list(plan.stages),
-            "overrides": plan.stage_overrides,
+            "overrides": list(plan.overrides),
             "seed": plan.seed,
             "eval_limit": plan.eval_limit,
         }
@@ -259,10 +243,10 @@ def _snapshot_params(params: Path, profile: str, seed: int, out_dir: Path) -> Pa
 
 
 def _header(plan: Plan) -> str:
-    profile = load_profile(plan.profile, plan.params)
+    profile = load_settings(plan.params, plan.profile, plan.overrides).profile
     parts = []
     for stage in plan.stages:
-        cfg = load_stage(profile, stage, plan.stage_overrides[stage])
+        cfg = load_stage(profile, stage)
         parts.append(
             f"{stage} ({'+'.join(cfg.train)}, {cfg.max_steps or 'epoch'} steps × batch "
             f"{cfg.global_batch}, lr {cfg.lr:g}, mixture {cfg.data.mixture})"
@@ -292,8 +276,9 @@ def run_ablation(
 ) -> AblationResult:
     """Train and evaluate `variants` (all under `ablations:` by default) and write the tables.
 
-    `train_overrides` are stage overrides (`key=value` for every stage, `<stage>.key=value`
-    for one). With `mlflow`, one parent run (experiment `dragonfly-<profile>` unless given)
+    `train_overrides` are overrides as `train` takes them (README, Configuration): relative
+    to the profile (`stages.general2.max_steps=300`), a stage key alone being every stage's
+    (`max_steps=20`). With `mlflow`, one parent run (experiment `dragonfly-<profile>` unless given)
     holds the three files as artifacts and a nested run per variant, under which the
     stages' own runs nest. Returns the per-variant results and the written files.
     """
@@ -306,7 +291,7 @@ def run_ablation(
         params=_snapshot_params(params, profile, seed, out_dir),
         out_dir=out_dir,
         stages=tuple(stages),
-        stage_overrides=split_overrides(train_overrides, stages),
+        overrides=load_settings(params, profile, train_overrides, trained=stages).overrides,
         benchmarks=tuple(benchmarks),
         eval_limit=eval_limit,
         eval_batch_size=eval_batch_size,
@@ -353,8 +338,9 @@ def _check_request(names: list[str], known: Mapping, stages: Sequence[str], benc
 
 
 def _check_stages(plan: Plan) -> None:
-    for stage in plan.stages:  # every stage config must load before anything trains
-        load_stage(load_profile(plan.profile, plan.params), stage, plan.stage_overrides[stage])
+    profile = load_settings(plan.params, plan.profile, plan.overrides).profile  # every stage, typed
+    for stage in plan.stages:  # and each the ablation trains named, before anything trains
+        load_stage(profile, stage)
 
 
 def _parent_run(plan: Plan, names: list[str], settings: Mapping):

@@ -85,12 +85,11 @@ def dry_run(
     profile: str = "tiny",
     params: str | Path = DEFAULT_PARAMS,
     overrides: list[str] | None = None,
-    sets: list[str] | None = None,
     gpus: int = 8,
     mfu: float = 0.4,
 ) -> DryRun:
-    settings = load_settings(params, profile, sets)
-    cfg = load_stage(settings.profile, stage, overrides)
+    settings = load_settings(params, profile, overrides, trained=(stage,))  # as `train` reads them
+    cfg = load_stage(settings.profile, stage)
     model = D.meta_model(settings.profile.model)
     shapes = D.Shapes.of(model.config)
     image_positions = model.config.image_seq_length

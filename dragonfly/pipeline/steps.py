@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,6 +13,7 @@ from dragonfly.eval.options import EvalOptions
 from dragonfly.files import atomic_write_json, read_jsonl
 from dragonfly.fingerprint import file_digest, fingerprint, record, recorded, up_to_date
 from dragonfly.pipeline.declaration import TOWER_LAYOUT, TOWER_SHAPE, code
+from dragonfly.pipeline.overrides import profile_overrides
 from dragonfly.tracking import Tracking, metric_values
 from dragonfly.train import stage_lock
 from dragonfly.train.config import (
@@ -30,22 +32,30 @@ class Settings:
     params: Path
     profile: Profile
     data: DataConfig
+    overrides: tuple[str, ...] = ()  # as applied: each relative to the profile or the data section
 
 
 def load_settings(
-    params: str | Path = DEFAULT_PARAMS, profile: str = "tiny", overrides: list[str] | None = None
+    params: str | Path = DEFAULT_PARAMS,
+    profile: str = "tiny",
+    overrides: Sequence[str] | None = None,
+    trained: Sequence[str] | None = (),
 ) -> Settings:
     """The one loader of ``params.yaml`` (default ``./params.yaml``): the profile, every
     stage, the vision pretraining and the data section are all typed here, so a typo in
-    any of them fails every command up front. ``overrides`` are ``key=value`` relative to
-    the profile (``model.layout.select_k=2``, ``stages.general2.lr=1e-4``), or to the data
-    section when they start with ``data.`` (``data.root=/mnt/data``)."""
-    profile_overrides, data_overrides = split_overrides(overrides)
-    prof = load_profile(profile, params, profile_overrides)
+    any of them fails every command up front. ``overrides`` mean what
+    :mod:`dragonfly.pipeline.overrides` says: ``key=value`` relative to the profile
+    (``stages.general2.lr=1e-4``) or the data section (``data.root=/mnt/data``); a stage
+    setting on its own (``lr=1e-4``) is that of each stage in ``trained`` (None: every
+    stage of the profile)."""
+    names = stage_names(load_profile(profile, params))
+    applied = profile_overrides(overrides, names if trained is None else trained, names)
+    for_profile, for_data = split_overrides(applied)
+    prof = load_profile(profile, params, for_profile)
     for name in stage_names(prof):
         load_stage(prof, name)
     from_dict(BackbonePretrainConfig, prof.vision_pretrain, f"profiles.{profile}.vision_pretrain.")
-    return Settings(Path(params), prof, load_data_config(params, data_overrides))
+    return Settings(Path(params), prof, load_data_config(params, for_data), tuple(applied))
 
 
 def data_config(params: str | Path = DEFAULT_PARAMS) -> DataConfig:
@@ -171,10 +181,9 @@ def train(
     stage: str,
     profile: str = "tiny",
     params: str | Path = DEFAULT_PARAMS,
-    stage_overrides: list[str] | None = None,
+    overrides: Sequence[str] | None = None,
     resume: bool | str = False,
     out_dir: str | Path | None = None,
-    sets: list[str] | None = None,
     tracking: Tracking | None = None,
     force: bool = False,
     log=print,
@@ -182,15 +191,14 @@ def train(
 ) -> Path:
     """Run one training stage of a profile; returns its ``final`` model directory.
 
-    ``stage_overrides`` are relative to the stage (``lr=1e-4``, the CLI's bare ``key=value``);
-    ``sets`` to the profile or the data section (``stages.general2.lr=1e-4``, the CLI's
-    ``--set`` and the flow's ``overrides``), as in :func:`load_settings`. ``resume``: True continues from the newest
+    ``overrides`` as in :func:`load_settings`, a stage setting on its own being this
+    stage's (``lr=1e-4`` is ``stages.<stage>.lr=1e-4``). ``resume``: True continues from the newest
     checkpoint (an error when it is of another configuration or other inputs); ``"auto"``
     (the flow and the ablations, single process) continues only from a checkpoint of this
     very fingerprint and otherwise starts afresh, moving other checkpoints aside.
     ``progress``: a progress bar on a terminal (False: log lines only).
     """
-    plan = plan_stage(stage, profile, params, stage_overrides, out_dir, sets)  # a bad key fails before torch loads
+    plan = plan_stage(stage, profile, params, overrides, out_dir)  # a bad key fails before torch loads
     # Held before old checkpoints are sorted, so a second run cannot move a running one's aside.
     with stage_lock.held(plan.out, stage_lock.launcher_rank_zero()):
         return _train(plan, resume, tracking, force, log, progress)
@@ -266,16 +274,15 @@ def plan_stage(
     stage: str,
     profile: str = "tiny",
     params: str | Path = DEFAULT_PARAMS,
-    stage_overrides: list[str] | None = None,
+    overrides: Sequence[str] | None = None,
     out_dir: str | Path | None = None,
-    sets: list[str] | None = None,
 ) -> StagePlan:
     """Resolve a stage without running it: what :func:`train` would train, and the
     fingerprint that decides whether it must."""
     from dragonfly.data.manifest import MANIFEST, verify_dataset
 
-    settings = load_settings(params, profile, sets)
-    stage_cfg = load_stage(settings.profile, stage, stage_overrides)
+    settings = load_settings(params, profile, overrides, trained=(stage,))
+    stage_cfg = load_stage(settings.profile, stage)
     mixture = settings.data.mixture(stage_cfg.data.mixture)
     out = Path(out_dir) if out_dir else stage_dir(settings.profile, stage)
     if out.exists() and not out.is_dir():
@@ -553,7 +560,10 @@ def register(
     if track not in tracks:
         raise ConfigError(f"registry.{track} is not configured{close_match(track, tracks)}; have {', '.join(tracks)}")
     if tracking is None:
-        raise DragonflyError("registering a model needs MLflow tracking", hint="unset DRAGONFLY_TRACKING=0")
+        raise DragonflyError(
+            "registering a model needs MLflow tracking",
+            hint="switch tracking on (--mlflow, or unset DRAGONFLY_TRACKING=0), or leave registration out",
+        )
     cfg, model_dir = tracks[track], Path(model_dir)
     flat = metric_values(metrics)
     fp = fingerprint(

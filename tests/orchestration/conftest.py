@@ -3,6 +3,7 @@ flows/ and prefect.yaml beside it, as a user's checkout would have them."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -49,6 +50,24 @@ def flow_env(root: Path) -> dict[str, str]:
     }
 
 
+def enter_workspace(root: Path, monkeypatch) -> Path:
+    """Run this test inside the workspace ``root``, in its environment, tracking off; returns ``root``."""
+    for key, value in flow_env(root).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DRAGONFLY_TRACKING", "0")
+    monkeypatch.chdir(root)
+    return root
+
+
+def flow_module(root: Path):
+    """The workspace's copy of flows/dragonfly_pipeline.py, imported, to run in this process."""
+    spec = importlib.util.spec_from_file_location("dragonfly_pipeline_flow", root / "flows/dragonfly_pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_flow(root: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "flows/dragonfly_pipeline.py", *args]
     return subprocess.run(cmd, cwd=root, env=flow_env(root), capture_output=True, text=True, timeout=timeout)
@@ -73,4 +92,6 @@ def kit():
     """The helpers of this folder for tests that lay out their own workspace."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(budget=BUDGET, env=flow_env, workspace=make_flow_workspace)
+    return SimpleNamespace(
+        budget=BUDGET, env=flow_env, workspace=make_flow_workspace, enter=enter_workspace, flows=flow_module
+    )

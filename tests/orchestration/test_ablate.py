@@ -16,17 +16,18 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from dragonfly.build import build_tiny
-from dragonfly.config import Layout, from_dict, load_profile
+from dragonfly.config import ConfigError, Layout, from_dict, load_profile
 from dragonfly.data.config import DataConfig
 from dragonfly.data.mixture import build_mixture
 from dragonfly.data.synth import SynthConfig, write
 from dragonfly.eval.evaluator import METRICS_FILE
-from dragonfly.pipeline.ablate import load_variants, run_ablation, split_overrides
+from dragonfly.pipeline.ablate import load_variants, run_ablation
+from dragonfly.pipeline.overrides import profile_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS = ["baseline1", "dragonfly_region", "dragonfly_global"]
 # One projector step, two full steps: enough to exercise the chain, not to learn.
-OVERRIDES = ["max_steps=1", "global_batch=2", "micro_batch=2", "save_every=100", "general2.max_steps=2"]
+OVERRIDES = ["max_steps=1", "global_batch=2", "micro_batch=2", "save_every=100", "stages.general2.max_steps=2"]
 LIMIT = 8
 EXPERIMENT = "dragonfly-tiny"
 # Tiny profile: 4×4 patches + CLS = 17 tokens per tile, + 1 separator.
@@ -261,8 +262,18 @@ def test_mlflow_parent_with_nested_variant_and_stage_runs(ablated) -> None:
 
 
 def test_stage_overrides_apply_to_all_or_one_stage() -> None:
-    split = split_overrides(["lr=1e-3", "general2.max_steps=300", "data.mixture=x"], ["general1", "general2"])
-    assert split == {
-        "general1": ["lr=1e-3", "data.mixture=x"],
-        "general2": ["lr=1e-3", "max_steps=300", "data.mixture=x"],
-    }
+    stages = ["general1", "general2", "med1"]
+    given = ["lr=1e-3", "stages.general2.max_steps=300", "data.mixture=x", "data.root=/mnt"]
+    assert profile_overrides(given, ["general1", "general2"], stages) == [
+        "stages.general1.lr=1e-3",
+        "stages.general2.lr=1e-3",
+        "stages.general2.max_steps=300",
+        "stages.general1.data.mixture=x",
+        "stages.general2.data.mixture=x",
+        "data.root=/mnt",  # the data section's own key
+    ]
+    # The old stage-first form, and a stage setting where no stage trains, are refused with the form that works.
+    with pytest.raises(ConfigError, match=r"write stages\.general2\.max_steps=300"):
+        profile_overrides(["general2.max_steps=300"], ["general1", "general2"], stages)
+    with pytest.raises(ConfigError, match=r"trains no stage; write stages\.<stage>\.data\.mixture=x"):
+        profile_overrides(["data.mixture=x"], [], stages)

@@ -3,30 +3,15 @@ last checkpoint; an expected error is not retried."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 from prefect.testing.utilities import prefect_test_harness
-
-
-def _flow_module(root):
-    spec = importlib.util.spec_from_file_location("dragonfly_pipeline_flow", root / "flows/dragonfly_pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
 def test_a_disk_hiccup_mid_training_is_retried_and_resumes(tmp_path, kit, monkeypatch):
     from dragonfly.train import checkpoint
 
-    root = kit.workspace(tmp_path / "checkout")
-    for key, value in kit.env(root).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("DRAGONFLY_TRACKING", "0")
-    monkeypatch.chdir(root)
+    root = kit.enter(kit.workspace(tmp_path / "checkout"), monkeypatch)
     commit, calls = checkpoint.commit, []
 
     def flaky_commit(tmp, state, *args, **kwargs):  # the second checkpoint write fails once, like a full disk
@@ -36,7 +21,7 @@ def test_a_disk_hiccup_mid_training_is_retried_and_resumes(tmp_path, kit, monkey
         return commit(tmp, state, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint, "commit", flaky_commit)
-    flows = _flow_module(root)
+    flows = kit.flows(root)
     with prefect_test_harness():
         summary = flows.dragonfly_pipeline(
             "tiny", ["general1"], ["stages.general1.max_steps=3", "stages.general1.save_every=1"], register_models=False
@@ -52,7 +37,7 @@ def test_expected_errors_are_not_retried(kit, tmp_path):
 
     from dragonfly.config import ConfigError
 
-    flows = _flow_module(kit.workspace(tmp_path / "checkout"))
+    flows = kit.flows(kit.workspace(tmp_path / "checkout"))
     assert not flows.retry_unless_expected(None, None, Failed(data=ConfigError("bad key")))
     assert flows.retry_unless_expected(None, None, Failed(data=OSError("disk")))
     from dragonfly.train.checkpoint import CheckpointWriteError  # one line for a person, retried by the flow

@@ -50,10 +50,12 @@ def test_the_flop_formula_matches_torchs_counter_within_5_percent(parts) -> None
 
 def test_samples_over_max_length_after_image_expansion_are_named(workspace: Path) -> None:
     params = workspace / "params.yaml"
-    full = dry_run("general2", "tiny", params, sets=["model.tiny.vision_from=null"], gpus=1)
+    full = dry_run("general2", "tiny", params, ["model.tiny.vision_from=null"], gpus=1)
     lengths = sorted(length for length, _ in full.lengths)
     assert not full.over_max and lengths[0] > full.image_positions  # every sample has an image
     cut = lengths[len(lengths) // 2]
-    short = dry_run("general2", "tiny", params, [f"data.max_length={cut}"], ["model.tiny.vision_from=null"], gpus=1)
+    short = dry_run(
+        "general2", "tiny", params, [f"stages.general2.data.max_length={cut}", "model.tiny.vision_from=null"], gpus=1
+    )
     assert len(short.over_max) == sum(length > cut for length in lengths) > 0
     assert all(rid.startswith("synth_general") for rid in short.over_max)

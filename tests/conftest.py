@@ -79,6 +79,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
+def pipeline_flow():
+    """flows/dragonfly_pipeline.py, imported by path (flows/ is a folder of scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dragonfly_pipeline_flow_file", REPO / "flows/dragonfly_pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
 def sky_env():
     """The python of .venv-sky, made by `make sky` as a user makes it; skipped only when PyPI
     cannot be reached."""

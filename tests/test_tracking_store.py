@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from dragonfly import switches
 from dragonfly.config import DEFAULT_PARAMS
 from dragonfly.switches import switch
 from dragonfly.tracking import (
     PARAMS,
-    TRACKING_SWITCH,
     Tracking,
     artifact_location,
     metric_values,
@@ -133,8 +133,8 @@ def test_every_switch_reads_the_same(value, default, expected):
 
 
 def test_tracking_is_on_unless_switched_off(project):
-    def at_the_edge(environ):  # what the flow does with mlflow=None
-        return tracking_for(switch(TRACKING_SWITCH, True, environ))
+    def at_the_edge(environ):  # what every command and the flow do when no flag is given
+        return tracking_for(switches.tracking(None, environ))
 
     assert at_the_edge({}) is not None and at_the_edge({"DRAGONFLY_TRACKING": ""}) is not None
     assert at_the_edge({"DRAGONFLY_TRACKING": "0"}) is None

@@ -27,7 +27,7 @@ MlflowOption = typer.Option(
     None,
     "--mlflow/--no-mlflow",
     show_default=False,
-    help=f"Log to MLflow (default: on, unless {switches.TRACKING}=0; README: Configuration).",
+    help=f"Log to MLflow; the default comes from {switches.TRACKING} (on when unset; README: Configuration).",
 )
 SetOption = typer.Option(
     [],

@@ -240,6 +240,7 @@ def command_line() -> argparse.ArgumentParser:
         default=None,
         help=f"log to MLflow (default: on, unless {switches.TRACKING}=0)",
     )
+    parser.add_argument("--debug", action="store_true", default=None, help="an expected error shows its traceback")
     parser.add_argument("--train-on", choices=["local", "sky"], default="local", help="sky: SkyPilot managed jobs")
     parser.add_argument("--sky", action="append", default=[], help="SkyPilot setting KEY=VALUE (docs/sky.md)")
     return parser
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
             sky=sky,
         )
     except DragonflyError as err:
-        if switches.debug(None):
+        if switches.debug(args.debug):
             raise
         print(f"error: {err}", file=sys.stderr)
         if err.hint:

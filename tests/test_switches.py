@@ -78,3 +78,13 @@ def test_an_override_means_the_same_wherever_it_is_given():
         load_settings(PARAMS, "tiny", ["max_steps=5"])
     with pytest.raises(ConfigError, match=r"write stages\.general2\.max_steps=5"):
         load_settings(PARAMS, "tiny", ["general2.max_steps=5"], ["general2"])
+
+
+@pytest.mark.parametrize(
+    ("variable", "flag", "expected"),
+    [(None, None, False), ("0", None, False), ("1", None, True), ("0", "--debug", True), (None, "--debug", True)],
+)
+def test_debug_reads_the_same_in_the_cli_and_the_flow(variable, flag, expected, pipeline_flow):
+    environ = {} if variable is None else {switches.DEBUG: variable}
+    from_flow = pipeline_flow.command_line().parse_args([flag] if flag else []).debug
+    assert switches.debug(from_flow, environ) is expected  # the CLI's: tests/test_cli_errors.py

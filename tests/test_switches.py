@@ -1,6 +1,6 @@
 """Each switch reads the same in every command and in the flow (README, "Configuration and
 errors"): tracking from the same flag spelling and the same variable, overrides in the same
-form. What the switches do to a real run: tests/orchestration/test_switches.py."""
+form. What the switches do to a real run: tests/orchestration/test_flow_switches.py."""
 
 from __future__ import annotations
 

@@ -323,7 +323,7 @@ def ablate(
         sources=tuple(source) or None,
         limit=limit,
         batch_size=batch_size,
-        progress=progress,
+        progress=progress and sys.stderr.isatty(),  # tqdm bars would flood a redirected log
     )
     result = run_ablation(
         variant or None,
@@ -354,7 +354,9 @@ def _ablation_table(result):
     table = Table(title="ablation", title_justify="left")
     columns, rows = summary_rows(result.variants, list(result.scored_on))
     for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 else "right")
+        # Names and metric keys stay whole on a narrow terminal: headers wrap between words only.
+        widest = max(len(word) for word in column.split())
+        table.add_column(column, justify="right" if i else "left", no_wrap=not i, min_width=widest)
     for row in rows:
         table.add_row(*row)
     return table

@@ -5,7 +5,10 @@ stage chain from `init` (default general1 → general2) on the same data, with t
 steps and seed — the paper's fair comparison — then is evaluated on the same benchmarks.
 Training goes through `dragonfly.pipeline.train` and evaluation through
 `dragonfly.pipeline.evaluate`; this module only chains them, remembers what is done, and
-writes the tables (`ablation_report`).
+writes the tables (`ablation_report`). A benchmark that scores your data (`vqa`, `mcq`,
+`caption`) reads the test split of the last stage's mixture unless the evaluation names
+other data. `check_ablation` resolves every variant, stage, mixture and benchmark input
+before anything is written, with the checks training and evaluation make themselves.
 
 Layout of `out_dir`:
     params.yaml                       the params actually used (model seed set to `seed`)

@@ -255,12 +255,8 @@ def _header(plan: Plan) -> str:
             f"{stage} ({'+'.join(cfg.train)}, {cfg.max_steps or 'epoch'} steps × batch "
             f"{cfg.global_batch}, lr {cfg.lr:g}, mixture {cfg.data.mixture})"
         )
-    limit = f"the first {plan.evaluation.limit} samples" if plan.evaluation.limit else "all samples"
     scored = "; ".join(f"{bench} on {data}" for bench, data in plan.scored_on.items())
-    return (
-        f"Profile `{plan.profile}`, seed {plan.seed}; stages from init: {' → '.join(parts)}; "
-        f"evaluated ({limit}): {scored}."
-    )
+    return f"Profile `{plan.profile}`, seed {plan.seed}; stages from init: {' → '.join(parts)}; evaluated: {scored}."
 
 
 def run_ablation(

@@ -87,6 +87,13 @@ def test_the_section_runs_as_written(tmp_path: Path) -> None:
     for key in ("exact_match", "vqa_accuracy", "majority_baseline", "distinct_predictions"):
         assert key in metrics, key
     assert re.search(r"│\s+closed\s+│\s+exact_match\s+│", out) and "majority answer" in out
+    # ablate: each variant trained on my_vqa and scored on its test split, one row each.
+    assert f"vqa scored on data/mixtures/my_vqa (test split, {counts['test']} samples)" in out
+    ablation = project / "runs/my_vqa/ablation"
+    for name in ("baseline1", "dragonfly_least_similar"):
+        assert re.search(rf"│ {name}\s+│\s+\d+\.\d\s+│", out), name
+        assert json.loads((ablation / name / "eval/vqa/metrics.json").read_text())["n"] == counts["test"]
+    assert "vqa on data/mixtures/my_vqa" in (ablation / "ablation.md").read_text()
     # MLflow's store is at the project root, not in a folder a command ran from.
     assert (project / "mlflow.db").is_file()
     assert not [p for p in project.rglob("mlflow.db") if p.parent != project]

@@ -292,7 +292,16 @@ def ablate(
     params: Path = ParamsOption,
     out: Path = typer.Option(Path("ablation"), help="Output directory (one sub-dir per variant)."),
     stage: list[str] = typer.Option([], help="Stages chained from init (default: general1 general2)."),
-    benchmark: list[str] = typer.Option([], help="Benchmark(s) to evaluate (default: synth_general)."),
+    benchmark: list[str] = typer.Option(
+        [], help="Benchmark(s) to evaluate (default: synth_general); vqa, mcq, caption score your data."
+    ),
+    data: Path | None = typer.Option(
+        None,
+        help="Data every benchmark scores (a built mixture or a samples JSONL, as `eval --data`). "
+        "Default: vqa/mcq/caption score the last stage's mixture (its test split).",
+    ),
+    split: str | None = typer.Option(None, help="Evaluate this split instead of each benchmark's (test)."),
+    source: list[str] = typer.Option([], help="Evaluate samples of these source names only."),
     limit: int | None = typer.Option(None, min=1, help="Evaluate the first N samples only."),
     seed: int = typer.Option(0, help="Model init and training seed, the same for every variant."),
     batch_size: int = typer.Option(16, min=1, help="Evaluation batch size."),
@@ -305,8 +314,17 @@ def ablate(
     ),
 ):
     """Train and evaluate the paper's ablation variants; write ablation.md/.csv/.json (Tables 1, 5, 6)."""
+    from dragonfly.pipeline import EvalOptions
     from dragonfly.pipeline import ablate as run_ablation
 
+    evaluation = EvalOptions(
+        data=data,
+        split=split,
+        sources=tuple(source) or None,
+        limit=limit,
+        batch_size=batch_size,
+        progress=progress and sys.stderr.isatty(),  # tqdm bars would flood a redirected log
+    )
     result = run_ablation(
         variant or None,
         profile,
@@ -315,13 +333,33 @@ def ablate(
         overrides or [],
         tuple(stage) or ("general1", "general2"),
         tuple(benchmark) or ("synth_general",),
-        limit,
+        evaluation,
         seed,
         mlflow=switches.tracking(mlflow),
-        eval_batch_size=batch_size,
         progress=progress,
     )
+    console.print(_ablation_table(result))
     console.print(f"[green]ablation done[/]: {', '.join(result.files[k].name for k in result.files)} in {out}")
+
+
+def _ablation_table(result):
+    """One row per variant, the benchmarks' headline numbers as columns (ablation.md has
+    the paper-shaped tables); the data they were scored on is printed above it."""
+    from rich.table import Table
+
+    from dragonfly.eval.ablation_report import summary_rows
+
+    for bench, data in result.scored_on.items():
+        console.print(f"{bench} scored on {data}", soft_wrap=True)
+    table = Table(title="ablation", title_justify="left")
+    columns, rows = summary_rows(result.variants, list(result.scored_on))
+    for i, column in enumerate(columns):
+        # Names and metric keys stay whole on a narrow terminal: headers wrap between words only.
+        widest = max(len(word) for word in column.split())
+        table.add_column(column, justify="right" if i else "left", no_wrap=not i, min_width=widest)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 @app.command("launch-cmd")

@@ -201,6 +201,20 @@ def _table(title: str, note: str, variants: Sequence[VariantResult], benchmarks:
     return [*lines, ""]
 
 
+def summary_rows(results: Mapping[str, VariantResult], benchmarks: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """(columns, one row per variant): each benchmark's headline numbers ×100 and distinct
+    answers %, then visual tokens and the final training loss; the console's table."""
+    keys = [(bench, label, key) for bench in benchmarks for label, key in headline_keys(get_benchmark(bench))]
+    columns = ["variant", *(f"{label} {key} ×100" for _, label, key in keys)]
+    columns += [f"{bench} distinct answers %" for bench in benchmarks] + ["visual tokens", "final loss"]
+    rows = []
+    for name, v in results.items():
+        scores = [_fmt(v.metrics.get(bench, {}).get(key), 100) for bench, _, key in keys]
+        distinct = [_fmt(v.distinct_answers.get(bench), 100) for bench in benchmarks]
+        rows.append([name, *scores, *distinct, str(v.visual_tokens), _fmt(v.final_loss, digits=3)])
+    return columns, rows
+
+
 def render_markdown(results: Mapping[str, VariantResult], benchmarks: Sequence[str], header: str = "") -> str:
     """The three paper-shaped tables over the variants that were run (a table missing all of
     its variants is left out; variants in no paper table get a table of their own)."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from dragonfly.data.prompts import MCQ_SUFFIX, SHORT_SUFFIX
 from dragonfly.data.sources import biocaption, coco, mimic_cxr, roco
-from dragonfly.errors import DragonflyError
+from dragonfly.errors import DragonflyError, close_match
 
 CLOSED_SUFFIX = "Answer with yes or no."
 
@@ -411,7 +411,8 @@ def get_benchmark(name: str | BenchmarkSpec) -> BenchmarkSpec:
         return name
     if name not in BENCHMARKS:
         raise UnknownBenchmarkError(
-            f"unknown benchmark {name!r}; known benchmarks: {', '.join(sorted(BENCHMARKS))} (or 'all')"
+            f"unknown benchmark {name!r}{close_match(name, BENCHMARKS)}; "
+            f"known benchmarks: {', '.join(sorted(BENCHMARKS))} (`dragonfly eval --list` describes them)"
         )
     return BENCHMARKS[name]
 

@@ -26,7 +26,7 @@ from dragonfly.eval.benchmarks import BenchmarkSpec, get_benchmark
 from dragonfly.eval.generate import generate_batch
 from dragonfly.eval.options import EvalOptions
 from dragonfly.eval.prompts import messages
-from dragonfly.eval.samples import load_samples, select_samples
+from dragonfly.eval.samples import load_samples, scores_own_data, select_samples
 from dragonfly.eval.scoring import Prediction, read_predictions, score_records, write_predictions
 from dragonfly.files import atomic_write_json
 from dragonfly.metrics import MetricUnavailable, judge_config_from_env
@@ -137,14 +137,14 @@ def evaluate(
 
     The samples are `samples` (a list of `Sample`s) or else read from `options.data` (a path
     `load_samples` understands), by default the benchmark's converted JSONL under
-    `options.root`; `select_samples` then keeps the benchmark's split/sources/tasks and the
-    first `options.limit`. `tracker` (a `dragonfly.tracking.Tracker`) gets the params,
+    `options.root` (`options.own_data` for one that scores your data); `select_samples`
+    then keeps the benchmark's split/sources/tasks and the first `options.limit`
+    (`benchmark_samples`). `tracker` (a `dragonfly.tracking.Tracker`) gets the params,
     metrics and both files; the caller owns and finishes it. A benchmark that needs an LLM
     judge with none configured is not run: `{"skipped": reason}` is written and returned.
     """
     spec = get_benchmark(benchmark)
     split, limit, max_new_tokens = options.split, options.limit, options.max_new_tokens
-    root = Path(options.root) if options.root is not None else Path()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     predictions_path, metrics_path = out_dir / PREDICTIONS_FILE, out_dir / METRICS_FILE
@@ -163,11 +163,9 @@ def evaluate(
             _log(tracker, params, result, [metrics_path], spec.name)
         return result
 
-    if samples is None:
-        found = load_samples(spec, Path(options.data) if options.data is not None else None, root, split)
-        samples, root = found.samples, found.root
-        params["data"] = found.origin
-    chosen = select_samples(spec, samples, split, options.sources, limit)
+    chosen, root, origin = benchmark_samples(spec, options, samples)
+    if origin is not None:
+        params["data"] = origin
     model, processor = loaded if loaded is not None else _load(model_dir)
     records = predict(model, processor, spec, chosen, root, options.batch_size, max_new_tokens, options.progress)
     scores = score_records(spec, records)
@@ -183,6 +181,29 @@ def evaluate(
         )
         _log(tracker, params, scores.metrics, [predictions_path, metrics_path], spec.name)
     return dict(scores.metrics)
+
+
+def benchmark_data(spec: BenchmarkSpec, options: EvalOptions) -> Path | None:
+    """The data `spec` reads: `options.data`, else `options.own_data` when it scores your
+    data; None: its converted file under the root."""
+    given = options.data if options.data is not None else options.own_data if scores_own_data(spec) else None
+    return Path(given) if given is not None else None
+
+
+def benchmark_samples(
+    spec: BenchmarkSpec, options: EvalOptions, samples: Sequence[Sample] | None = None
+) -> tuple[list[Sample], Path, str | None]:
+    """(the samples `evaluate` scores, the root their images resolve against, where they
+    were read from; None for `samples` given). Callable without a model, so a command can
+    check a benchmark's input before it trains anything; raises `NoSamplesError`."""
+    root = Path(options.root) if options.root is not None else Path()
+    if samples is not None:
+        return select_samples(spec, samples, options.split, options.sources, options.limit), root, None
+    data = benchmark_data(spec, options)
+    found = load_samples(spec, data, root, options.split)
+    where = str(data if data is not None else root / spec.default_path)
+    chosen = select_samples(spec, found.samples, options.split, options.sources, options.limit, origin=where)
+    return chosen, found.root, found.origin
 
 
 def _load(model_dir: str | Path):

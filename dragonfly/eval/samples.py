@@ -63,7 +63,7 @@ def load_samples(
     directory exists (it is where the build found them), else against `root` — for a
     mixture moved to another machine.
     """
-    if data is None and not spec.default_path:
+    if data is None and scores_own_data(spec):
         raise NoSamplesError(
             f"benchmark {spec.name!r} scores your data: pass --data (a built mixture folder or a samples JSONL)"
         )
@@ -83,6 +83,11 @@ def load_samples(
     return Loaded(converted.samples, root, f"{spec.format}:{path}")
 
 
+def scores_own_data(spec: BenchmarkSpec) -> bool:
+    """Whether `spec` has no converted file of its own and reads the data it is given."""
+    return not spec.default_path
+
+
 def _holdings(samples: Sequence[Sample]) -> str:
     counts = Counter((s.source, s.split, s.task) for s in samples)
     shown = ", ".join(f"{src}/{sp}/{t}: {n}" for (src, sp, t), n in sorted(counts.items())[:20])
@@ -95,10 +100,12 @@ def select_samples(
     split: str | None = None,
     sources: Sequence[str] | None = None,
     limit: int | None = None,
+    origin: str = "",
 ) -> list[Sample]:
     """The samples `spec` evaluates, in input order: its split (or `split`), its source
     names (or `sources`), its tasks, with images when it requires them; then the first
-    `limit`. Raises `NoSamplesError` naming what the data holds when nothing is left."""
+    `limit`. Raises `NoSamplesError` naming what the data (read from `origin`) holds when
+    nothing is left."""
     split = split or spec.split
     accepted = set(sources or spec.sources)  # empty: a generic benchmark takes any source
     chosen = [
@@ -112,9 +119,9 @@ def select_samples(
     if not chosen:
         where = f"source in {sorted(accepted)} and " if accepted else ""
         raise NoSamplesError(
-            f"benchmark {spec.name!r} found no samples with split {split!r}, {where}"
-            f"task in {list(spec.tasks)}; the data holds "
-            f"(source/split/task): {_holdings(samples)}. Use --source / --split to pick others."
+            f"benchmark {spec.name!r} found no samples{f' in {origin}' if origin else ''} with split {split!r}, "
+            f"{where}task in {list(spec.tasks)}; the data holds (source/split/task): {_holdings(samples)}. "
+            "Use --source / --split to pick others, or --data for other data."
         )
     unanswered = [s.id for s in chosen if not s.answers]
     if unanswered:

@@ -5,7 +5,10 @@ stage chain from `init` (default general1 → general2) on the same data, with t
 steps and seed — the paper's fair comparison — then is evaluated on the same benchmarks.
 Training goes through `dragonfly.pipeline.train` and evaluation through
 `dragonfly.pipeline.evaluate`; this module only chains them, remembers what is done, and
-writes the tables (`ablation_report`).
+writes the tables (`ablation_report`). A benchmark that scores your data (`vqa`, `mcq`,
+`caption`) reads the test split of the last stage's mixture unless the evaluation names
+other data. `check_ablation` resolves every variant, stage, mixture and benchmark input
+before anything is written, with the checks training and evaluation make themselves.
 
 Layout of `out_dir`:
     params.yaml                       the params actually used (model seed set to `seed`)
@@ -26,20 +29,21 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 from rich.console import Console
 
 from dragonfly.config import ConfigError, load_params
+from dragonfly.errors import close_match
 from dragonfly.eval.ablation_report import VariantResult, write_report
 from dragonfly.eval.benchmarks import get_benchmark
 from dragonfly.eval.evaluator import PREDICTIONS_FILE
 from dragonfly.eval.scoring import read_predictions
 from dragonfly.files import atomic_write_json, read_jsonl
 from dragonfly.fingerprint import details, record_stamp
-from dragonfly.pipeline.steps import EvalOptions, evaluate, load_settings, train
+from dragonfly.pipeline.steps import EvalOptions, check_evaluation, evaluate, load_settings, stage_dataset, train
 from dragonfly.tracking import Tracking, metric_values, tracking_uri
 from dragonfly.train.config import load_stage
 
@@ -53,6 +57,7 @@ class AblationResult:
     variants: dict[str, VariantResult]
     files: dict[str, Path]
     parent_run_id: str | None = None
+    scored_on: dict[str, str] = field(default_factory=dict)  # benchmark → the data it scored
 
     @property
     def reused(self) -> list[str]:
@@ -70,8 +75,8 @@ class Plan:
     stages: tuple[str, ...]
     overrides: tuple[str, ...]  # each relative to the profile (README, Configuration)
     benchmarks: tuple[str, ...]
-    eval_limit: int | None
-    eval_batch_size: int
+    evaluation: EvalOptions
+    scored_on: dict[str, str]  # benchmark → the data it scores, for the tables
     seed: int
     progress: bool
     mlflow: bool
@@ -151,10 +156,9 @@ def _evaluate_variant(plan: Plan, name: str, final: Path):
     (metrics, distinct answers, seconds, reused)."""
     out = plan.out_dir / name / "eval"
     benchmarks = list(plan.benchmarks)
-    options = EvalOptions(limit=plan.eval_limit, batch_size=plan.eval_batch_size, progress=plan.progress)
     plan.console.print(f"[bold]{name}[/]: evaluation")
     before = record_stamp(out)
-    metrics = evaluate(final, benchmarks, plan.params, out, options, log=plan.console.print)
+    metrics = evaluate(final, benchmarks, plan.params, out, plan.evaluation, log=plan.console.print)
     done = before is not None and record_stamp(out) == before  # the step found its output up to date
     if done:
         plan.console.print(f"[cyan]{name}[/]: evaluation reused ({out})")
@@ -216,7 +220,7 @@ def _log_variant(tracker, plan: Plan, result: VariantResult) -> None:
             "stages": list(plan.stages),
             "overrides": list(plan.overrides),
             "seed": plan.seed,
-            "eval_limit": plan.eval_limit,
+            "eval_limit": plan.evaluation.limit,
         }
     )
     tracker.log_metrics(metric_values({**result.metrics, **result.figures()}))
@@ -251,11 +255,8 @@ def _header(plan: Plan) -> str:
             f"{stage} ({'+'.join(cfg.train)}, {cfg.max_steps or 'epoch'} steps × batch "
             f"{cfg.global_batch}, lr {cfg.lr:g}, mixture {cfg.data.mixture})"
         )
-    limit = f"first {plan.eval_limit} samples" if plan.eval_limit else "all samples"
-    return (
-        f"Profile `{plan.profile}`, seed {plan.seed}; stages from init: {' → '.join(parts)}; "
-        f"evaluated on {', '.join(plan.benchmarks)} ({limit} of the test split)."
-    )
+    scored = "; ".join(f"{bench} on {data}" for bench, data in plan.scored_on.items())
+    return f"Profile `{plan.profile}`, seed {plan.seed}; stages from init: {' → '.join(parts)}; evaluated: {scored}."
 
 
 def run_ablation(
@@ -266,11 +267,10 @@ def run_ablation(
     train_overrides: Sequence[str] = (),
     stages: Sequence[str] = ("general1", "general2"),
     benchmarks: Sequence[str] = ("synth_general",),
-    eval_limit: int | None = None,
+    evaluation: EvalOptions = EvalOptions(),
     seed: int = 0,
     mlflow: bool = True,
     experiment: str | None = None,
-    eval_batch_size: int = 16,
     progress: bool = True,
     console: Console | None = None,
 ) -> AblationResult:
@@ -278,43 +278,61 @@ def run_ablation(
 
     `train_overrides` are overrides as `train` takes them (README, Configuration): relative
     to the profile (`stages.general2.max_steps=300`), a stage key alone being every stage's
-    (`max_steps=20`). With `mlflow`, one parent run (experiment `dragonfly-<profile>` unless given)
-    holds the three files as artifacts and a nested run per variant, under which the
-    stages' own runs nest. Returns the per-variant results and the written files.
+    (`max_steps=20`, `data.mixture=my_vqa`). `evaluation` is every variant's evaluation, as
+    `eval` takes it (`limit`, `data`, `split`...); a benchmark that scores your data (`vqa`,
+    `mcq`, `caption`) reads the last stage's mixture (its test split) unless `evaluation.data`
+    is given, which every benchmark then reads, as `eval --data`. Every variant's settings and every
+    benchmark's input are checked before the first stage trains (:func:`check_ablation`).
+    With `mlflow`, one parent run (experiment `dragonfly-<profile>` unless given) holds the
+    three files as artifacts and a nested run per variant, under which the stages' own runs
+    nest. Returns the per-variant results and the written files.
     """
     params, out_dir = Path(params), Path(out_dir)
     known = load_variants(params)
     names = list(variants or known)
-    _check_request(names, known, stages, benchmarks)
+    overrides, evaluation, scored_on = check_ablation(
+        params,
+        profile,
+        {n: known[n] for n in _known(names, known, params)},
+        train_overrides,
+        stages,
+        benchmarks,
+        evaluation,
+    )
     plan = Plan(
         profile=profile,
-        params=_snapshot_params(params, profile, seed, out_dir),
+        params=_snapshot_params(params, profile, seed, out_dir),  # the first thing written
         out_dir=out_dir,
         stages=tuple(stages),
-        overrides=load_settings(params, profile, train_overrides, trained=stages).overrides,
+        overrides=overrides,
         benchmarks=tuple(benchmarks),
-        eval_limit=eval_limit,
-        eval_batch_size=eval_batch_size,
+        evaluation=evaluation,
+        scored_on=scored_on,
         seed=seed,
         progress=progress,
         mlflow=mlflow,
         experiment=experiment or f"dragonfly-{profile}",
         console=console or Console(),
     )
-    _check_stages(plan)
+    return _run(plan, names, known, train_overrides)
+
+
+def _run(plan: Plan, names: list[str], known: Mapping, train_overrides: Sequence[str]) -> AblationResult:
+    """Every variant, then the tables, under the parent MLflow run."""
     settings = {
-        "profile": profile,
-        "params": str(params),
-        "seed": seed,
-        "stages": list(stages),
+        "profile": plan.profile,
+        "params": str(plan.params),
+        "seed": plan.seed,
+        "stages": list(plan.stages),
         "train_overrides": list(train_overrides),
-        "benchmarks": list(benchmarks),
-        "eval_limit": eval_limit,
+        "benchmarks": list(plan.benchmarks),
+        "eval_limit": plan.evaluation.limit,
+        "scored_on": plan.scored_on,
     }
-    parent = _parent_run(plan, names, settings) if mlflow else None
+    parent = _parent_run(plan, names, settings) if plan.mlflow else None
     with parent or nullcontext():
         results = {n: _run_variant(plan, n, known[n], parent.run_id if parent else None) for n in names}
-        files = write_report(results, benchmarks, out_dir, settings, _header(plan))
+        files = write_report(results, plan.benchmarks, plan.out_dir, settings, _header(plan))
         if parent is not None:
             for path in files.values():
                 parent.log_artifacts(path, "ablation")
@@ -323,24 +341,68 @@ def run_ablation(
         f"[green]ablation written[/] {files['markdown']}"
         + (f"; reused without retraining: {', '.join(reused)}" if reused else "")
     )
-    return AblationResult(out_dir, results, files, parent.run_id if parent else None)
+    return AblationResult(plan.out_dir, results, files, parent.run_id if parent else None, plan.scored_on)
 
 
-def _check_request(names: list[str], known: Mapping, stages: Sequence[str], benchmarks: Sequence[str]) -> None:
-    """Fail on an unknown variant, no stage or a benchmark typo before hours of training."""
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ConfigError(f"unknown ablation variant(s) {unknown}; params.yaml `ablations:` has {list(known)}")
+def check_ablation(
+    params: Path,
+    profile: str,
+    layouts: Mapping[str, Mapping],
+    train_overrides: Sequence[str],
+    stages: Sequence[str],
+    benchmarks: Sequence[str],
+    evaluation: EvalOptions,
+) -> tuple[tuple[str, ...], EvalOptions, dict[str, str]]:
+    """Everything an ablation will need, checked before anything is written or trained:
+    the variants' layouts, the overrides, each stage and its built mixture, each
+    benchmark's input (the evaluator's own check). Returns the applied overrides, the
+    evaluation options (a benchmark that scores your data defaulting to the last stage's
+    mixture) and, per benchmark, the data it scores."""
     if not stages:
-        raise ConfigError("an ablation needs at least one stage")
+        raise ConfigError("an ablation needs at least one stage: pass --stage NAME")
     for bench in benchmarks:
         get_benchmark(bench)
+    overrides = load_settings(params, profile, train_overrides, trained=stages).overrides
+    mixture = _check_chain(params, profile, stages, overrides)
+    for name, layout in layouts.items():
+        _check_variant(params, profile, name, layout, stages, overrides)
+    evaluation = replace(evaluation, own_data=mixture)
+    return overrides, evaluation, check_evaluation(benchmarks, params, evaluation)
 
 
-def _check_stages(plan: Plan) -> None:
-    profile = load_settings(plan.params, plan.profile, plan.overrides).profile  # every stage, typed
-    for stage in plan.stages:  # and each the ablation trains named, before anything trains
-        load_stage(profile, stage)
+def _known(names: list[str], known: Mapping, params: Path) -> list[str]:
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(
+            f"unknown ablation variant(s) {', '.join(unknown)}{close_match(unknown[0], known)}; "
+            f"`ablations:` in {params} has {', '.join(known) or 'none'}"
+        )
+    return names
+
+
+def _check_chain(params: Path, profile: str, stages: Sequence[str], overrides: Sequence[str]) -> Path:
+    """Each stage of the chain and its built mixture, as `train` will check them; returns
+    the last stage's mixture folder (the data of its model's test split)."""
+    settings = load_settings(params, profile, overrides)
+    dataset = None
+    for stage in stages:
+        dataset = stage_dataset(settings, load_stage(settings.profile, stage))
+    assert dataset is not None  # stages is never empty here
+    return dataset.parent
+
+
+def _check_variant(
+    params: Path, profile: str, name: str, layout: Mapping, stages: Sequence[str], overrides: Sequence[str]
+) -> None:
+    """The variant's layout over each stage, as training will apply it, named as the variant's."""
+    from dragonfly.train.parts import check_layout
+
+    try:
+        settings = load_settings(params, profile, [*_layout_overrides(layout), *overrides], trained=stages)
+        for stage in stages:
+            check_layout(settings.profile, load_stage(settings.profile, stage))
+    except ConfigError as err:
+        raise ConfigError(f"ablation variant {name!r} (ablations.{name} in {params}): {err}", hint=err.hint) from None
 
 
 def _parent_run(plan: Plan, names: list[str], settings: Mapping):

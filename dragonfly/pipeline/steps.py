@@ -279,23 +279,30 @@ def plan_stage(
 ) -> StagePlan:
     """Resolve a stage without running it: what :func:`train` would train, and the
     fingerprint that decides whether it must."""
-    from dragonfly.data.manifest import MANIFEST, verify_dataset
+    from dragonfly.data.manifest import MANIFEST
 
     settings = load_settings(params, profile, overrides, trained=(stage,))
     stage_cfg = load_stage(settings.profile, stage)
-    mixture = settings.data.mixture(stage_cfg.data.mixture)
     out = Path(out_dir) if out_dir else stage_dir(settings.profile, stage)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"the stage's output {out} is a file; name a folder (or a new path) with --out")
-    # Before the model is built (minutes for the paper profile): a stale or failed build is
-    # refused here, naming what differs from the mixture asked for.
-    dataset_dir = verify_dataset(Path(settings.data.out_dir) / mixture.name, mixture)
+    dataset_dir = stage_dataset(settings, stage_cfg)
     fp = fingerprint(
         _stage_config(settings.profile, stage_cfg),
         {"data": file_digest(dataset_dir.parent / MANIFEST), "init": _init_fingerprint(settings.profile, stage_cfg)},
         code("train"),
     )
     return StagePlan(settings, stage_cfg, dataset_dir, out, fp)
+
+
+def stage_dataset(settings: Settings, stage: StageConfig) -> Path:
+    """The built dataset ``stage`` reads (``<out_dir>/<mixture>/dataset``). Checked before
+    the model is built (minutes for the paper profile): a stale or failed build is refused
+    here, naming what differs from the mixture asked for."""
+    from dragonfly.data.manifest import verify_dataset
+
+    mixture = settings.data.mixture(stage.data.mixture)
+    return verify_dataset(Path(settings.data.out_dir) / mixture.name, mixture)
 
 
 SUPERSEDED = "checkpoints.superseded"
@@ -516,6 +523,7 @@ def evaluation_fingerprint(
     from dataclasses import asdict
 
     from dragonfly.eval.benchmarks import get_benchmark
+    from dragonfly.eval.evaluator import benchmark_data
     from dragonfly.eval.options import UNSCORED
 
     root = _eval_root(params, options)
@@ -526,13 +534,37 @@ def evaluation_fingerprint(
         **{k: v for k, v in asdict(options).items() if k not in ("root", "limit", *UNSCORED)},
     }
     # The samples' bytes too: regenerated data is a new evaluation.
-    if options.data is not None:
-        samples = {"samples": _data_digest(Path(options.data))}
-    else:
-        paths = {name: get_benchmark(name).default_path for name in benchmarks}
-        # A generic benchmark has no default file: without --data it fails in `evaluate`.
-        samples = {f"samples:{name}": file_digest(root / path) for name, path in paths.items() if path}
+    samples = {}
+    for name in benchmarks:
+        spec = get_benchmark(name)
+        data = benchmark_data(spec, options)
+        if data is not None:
+            samples[f"samples:{name}"] = _data_digest(data)
+        elif spec.default_path:  # a generic benchmark without data fails in `evaluate`
+            samples[f"samples:{name}"] = file_digest(root / spec.default_path)
     return fingerprint(settings, {"model": model_fingerprint(Path(model_dir)), **samples}, code("eval"))
+
+
+def check_evaluation(
+    benchmarks: Sequence[str], params: str | Path | None = DEFAULT_PARAMS, options: EvalOptions = EvalOptions()
+) -> dict[str, str]:
+    """Read what :func:`evaluate` would score on each benchmark, without a model, so a bad
+    input fails before anything trains (the evaluator's own check: ``benchmark_samples``);
+    returns ``{benchmark: the data it scores}`` for reports."""
+    from dragonfly.eval.benchmarks import get_benchmark
+    from dragonfly.eval.evaluator import benchmark_data, benchmark_samples, judge_unavailable
+
+    options = replace(options, root=_eval_root(params, options))
+    scored = {}
+    for name in benchmarks:
+        spec = get_benchmark(name)
+        if (reason := judge_unavailable(spec)) is not None:
+            scored[name] = f"skipped ({reason})"
+            continue
+        chosen, _, _ = benchmark_samples(spec, options)
+        data = benchmark_data(spec, options) or Path(options.root) / spec.default_path
+        scored[name] = f"{data} ({options.split or spec.split} split, {len(chosen)} samples)"
+    return scored
 
 
 def register(

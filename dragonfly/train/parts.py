@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from dragonfly.build import build_model, make_processor
+from dragonfly.build import build_model, dragonfly_config, make_processor
 from dragonfly.config import ConfigError, Profile, from_dict
 from dragonfly.inference import CheckpointError, load
 from dragonfly.train.config import StageConfig, stage_dir
@@ -31,12 +31,7 @@ def start_model(profile: Profile, stage: StageConfig, dataset_dir: str | Path | 
         tiny = section.source == "tiny" and section.tiny.tokenizer_from_data
         corpus = split_texts(dataset_dir, stage.data.split) if tiny and dataset_dir is not None else ()
         if stage.layout:
-            layout = from_dict(
-                type(section.layout),
-                {**dataclasses.asdict(section.layout), **stage.layout},
-                f"stages.{stage.name}.layout.",
-            )
-            section = dataclasses.replace(section, layout=layout)
+            section = dataclasses.replace(section, layout=stage_layout(profile, stage))
         return build_model(section, corpus)
     source = Path(stage.init_from)
     if not source.exists():
@@ -50,6 +45,18 @@ def start_model(profile: Profile, stage: StageConfig, dataset_dir: str | Path | 
     if stage.layout:
         model, processor = apply_layout(model, processor, stage.layout, f"stages.{stage.name}.layout.")
     return model.train(), processor
+
+
+def stage_layout(profile: Profile, stage: StageConfig):
+    """The layout ``stage`` trains with: the profile's, the stage's keys over it, typed."""
+    section = profile.model.layout
+    return from_dict(type(section), {**dataclasses.asdict(section), **stage.layout}, f"stages.{stage.name}.layout.")
+
+
+def check_layout(profile: Profile, stage: StageConfig) -> None:
+    """Refuse a layout no model can have (the model's own rule, run on a config alone), so
+    an ablation variant's typo fails before any variant trains."""
+    dragonfly_config(None, None, 0, stage_layout(profile, stage))
 
 
 def apply_layout(model, processor, layout: dict, where: str = "layout."):

@@ -21,6 +21,7 @@ from dragonfly.data.config import DataConfig
 from dragonfly.data.mixture import build_mixture
 from dragonfly.data.synth import SynthConfig, write
 from dragonfly.eval.evaluator import METRICS_FILE
+from dragonfly.pipeline import EvalOptions
 from dragonfly.pipeline.ablate import load_variants, run_ablation
 from dragonfly.pipeline.overrides import profile_overrides
 
@@ -29,6 +30,7 @@ VARIANTS = ["baseline1", "dragonfly_region", "dragonfly_global"]
 # One projector step, two full steps: enough to exercise the chain, not to learn.
 OVERRIDES = ["max_steps=1", "global_batch=2", "micro_batch=2", "save_every=100", "stages.general2.max_steps=2"]
 LIMIT = 8
+EVALUATION = EvalOptions(limit=LIMIT, batch_size=8, progress=False)
 EXPERIMENT = "dragonfly-tiny"
 # Tiny profile: 4×4 patches + CLS = 17 tokens per tile, + 1 separator.
 TOKENS = {
@@ -84,16 +86,12 @@ def ablated(tmp_path_factory):
         mp.setenv("DRAGONFLY_TRACKING", "1")
         mp.delenv("DRAGONFLY_PARENT_RUN_ID", raising=False)
         MlflowClient(uri).create_experiment(EXPERIMENT, artifact_location=(root / "art").as_uri())
-        first = run_ablation(
-            VARIANTS, "tiny", params, root / "out", OVERRIDES, eval_limit=LIMIT, eval_batch_size=8, progress=False
-        )
+        first = run_ablation(VARIANTS, "tiny", params, root / "out", OVERRIDES, evaluation=EVALUATION, progress=False)
         # Later calls rewrite the same files; keep what the first one wrote.
         written = {kind: path.read_text() for kind, path in first.files.items() if path.suffix != ".png"}
         parent_env = os.environ.get("DRAGONFLY_PARENT_RUN_ID")
         stamps = {p: p.stat().st_mtime_ns for p in (root / "out").glob("*/*/final/model.safetensors")}
-        second = run_ablation(
-            VARIANTS, "tiny", params, root / "out", OVERRIDES, eval_limit=LIMIT, eval_batch_size=8, progress=False
-        )
+        second = run_ablation(VARIANTS, "tiny", params, root / "out", OVERRIDES, evaluation=EVALUATION, progress=False)
         cli = CliRunner().invoke(
             _app(),
             [
@@ -225,8 +223,7 @@ def test_changed_eval_settings_reevaluate_without_retraining(ablated, monkeypatc
         ablated["params"],
         ablated["root"] / "out",
         OVERRIDES,
-        eval_limit=4,
-        eval_batch_size=8,
+        evaluation=EvalOptions(limit=4, batch_size=8, progress=False),
         progress=False,
         mlflow=False,
     )

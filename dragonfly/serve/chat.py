@@ -44,10 +44,10 @@ def parse_chat(body: Mapping, rules: ImageRules, max_tokens_limit: int = DEFAULT
     The cheap checks run first; the image is decoded last."""
     _check_unsupported(body)
     content = _user_content(body.get("messages"))
-    question, url = _question_and_image(content)
+    question, (where, url) = _question_and_image(content)
     max_tokens = _max_tokens(body.get("max_tokens"), max_tokens_limit)
     temperature = _temperature(body.get("temperature"))
-    image = from_data_url(url, "messages[0].content image_url", rules)
+    image = from_data_url(url, where, rules)
     return ChatRequest(question, image, max_tokens, temperature)
 
 
@@ -73,8 +73,8 @@ def _user_content(messages: object) -> object:
     return message.get("content")
 
 
-def _question_and_image(content: object) -> tuple[str, str]:
-    """The text parts joined, and the one image part's URL."""
+def _question_and_image(content: object) -> tuple[str, tuple[str, str]]:
+    """The text parts joined, and where the one image part's URL is and the URL."""
     if isinstance(content, str) or not isinstance(content, list):
         raise RequestError(
             "messages[0].content holds no image: send a list of parts, a 'text' part with the question and "
@@ -91,7 +91,7 @@ def _question_and_image(content: object) -> tuple[str, str]:
                 raise RequestError(f"{where}.text is not a string: put the question's text in it")
             texts.append(part["text"])
         else:
-            urls.append(_url(part.get("image_url"), where))
+            urls.append((f"{where}.image_url.url", _url(part.get("image_url"), where)))
     if len(urls) != 1:
         raise RequestError(
             f"messages[0] holds {len(urls)} images but the prompt has a place for exactly one: "

@@ -138,9 +138,14 @@ class Registration:
 
 
 # Warnings mlflow gives on every save that do not apply here: the pickle holds only a
-# reference to DragonflyModel (no weights), and an input example would make mlflow run
-# the model at save time on an image file it does not have.
-_SAVE_WARNINGS = ("An input example was not provided", "Passing a Python object as `python_model`")
+# reference to DragonflyModel (no weights); an input example would make mlflow load and run
+# the model at save time; and the model logs no signature on purpose (it takes a chat body
+# or a DataFrame, dragonfly.serve.pyfunc), so there is none to infer from its hints.
+_SAVE_WARNINGS = (
+    "An input example was not provided",
+    "Passing a Python object as `python_model`",
+    "Failed to infer model signature",
+)
 
 
 @contextlib.contextmanager

@@ -119,8 +119,9 @@ def register_tiny(root: Path) -> str:
     return str(model_dir)
 
 
-def start_server(root: Path, port: int) -> subprocess.Popen:
+def start_server(root: Path, port: int, concurrent: int) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "PYTHONPATH": str(REPO)}
+    env["SERVING_MODEL_CONFIG"] = json.dumps({"max_concurrent": concurrent})  # the operator's setting
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # mlflow execs `uvicorn` from PATH
     command = ["mlflow", "models", "serve", "-m", "models:/dragonfly@champion", "--env-manager", "local"]
     log = (root / "server.log").open("w")
@@ -206,12 +207,12 @@ def stop(server: subprocess.Popen) -> None:
         os.killpg(server.pid, signal.SIGKILL)
 
 
-def serve_figures(root: Path, bodies: list[dict], clients: int) -> dict:
+def serve_figures(root: Path, bodies: list[dict], clients: int, concurrent: int) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    server = start_server(root, port)
+    server = start_server(root, port, concurrent)
     try:
         wait_for(server, url, root)
         requests.post(f"{url}/invocations", json=bodies[0], timeout=300).raise_for_status()  # warm-up
@@ -235,6 +236,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=20, help="per client")
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--max-concurrent", type=int, default=1, help="the model config's generations at once")
     parser.add_argument("--peer", nargs=2, metavar=("MODEL_DIR", "BODIES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer:
@@ -245,7 +247,7 @@ def main() -> None:
         root = Path(tmp)
         model_dir = register_tiny(root)
         (root / "bodies.json").write_text(json.dumps(bodies))
-        served = serve_figures(root, bodies, args.clients)
+        served = serve_figures(root, bodies, args.clients, args.max_concurrent)
         done = subprocess.run(
             [sys.executable, __file__, "--peer", model_dir, str(root / "bodies.json")],
             capture_output=True,
@@ -253,7 +255,10 @@ def main() -> None:
             check=True,
         )
         inproc = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"{count} requests ({args.clients} clients x {args.requests}), max_tokens {args.max_tokens}")
+    print(
+        f"{count} requests ({args.clients} clients x {args.requests}), max_tokens {args.max_tokens}, "
+        f"max_concurrent {args.max_concurrent}"
+    )
     ours, theirs = report("mlflow models serve", served, count), report("in-process answer()", inproc, count)
     print("ratios (serve / in-process): " + "  ".join(f"{k} {ours[k] / theirs[k]:.2f}x" for k in ours))
     same = sum(a == b for a, b in zip(served["texts"], inproc["texts"], strict=True))

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 from serve_bodies import PATHS, bad_bodies, chat, data_url, encoded, image, text
 
+from dragonfly.errors import DragonflyError
 from dragonfly.inference import answer
 from dragonfly.serve.chat import chat_response, parse_chat
 from dragonfly.serve.errors import RequestError
@@ -139,12 +140,13 @@ def test_the_batch_frame_takes_bytes_and_data_urls_not_paths(served, tiny, pictu
 
 
 def test_model_config_keys_are_checked():
-    rules, limit = settings({"image_root": "/data", "max_tokens_limit": 64})
-    assert str(rules.root) == "/data" and limit == 64
-    from dragonfly.errors import DragonflyError
-
+    rules, limit, concurrent = settings({"image_root": "/data", "max_tokens_limit": 64, "max_concurrent": 3})
+    assert (str(rules.root), limit, concurrent) == ("/data", 64, 3)
+    assert settings(None)[0].root is None  # no image_root: no paths
     with pytest.raises(DragonflyError, match=r"'image_rot'.*did you mean 'image_root'"):
         settings({"image_rot": "/data"})
+    with pytest.raises(DragonflyError, match="max_concurrent must be at least 1"):
+        settings({"max_concurrent": 0})
 
 
 def test_the_response_is_the_chat_completion_shape():

@@ -45,11 +45,13 @@ CONFIG = {
     "max_image_pixels": DEFAULT_MAX_IMAGE_PIXELS,
     "max_image_bytes": DEFAULT_MAX_IMAGE_BYTES,
     "max_tokens_limit": DEFAULT_MAX_TOKENS_LIMIT,
+    "max_concurrent": 1,
 }
 
 
-def settings(config: Mapping | None) -> tuple[ImageRules, int]:
-    """The image rules and the max_tokens limit of a model config; an unknown key is an error."""
+def settings(config: Mapping | None) -> tuple[ImageRules, int, int]:
+    """The image rules, the max_tokens limit and how many generations may run at once, from
+    a model config; an unknown key is an error."""
     config = {**CONFIG, **(config or {})}
     unknown = sorted(set(config) - set(CONFIG))
     if unknown:
@@ -58,7 +60,10 @@ def settings(config: Mapping | None) -> tuple[ImageRules, int]:
         )
     root = Path(config["image_root"]) if config["image_root"] else None
     rules = ImageRules(root, int(config["max_image_pixels"]), int(config["max_image_bytes"]))
-    return rules, int(config["max_tokens_limit"])
+    concurrent = int(config["max_concurrent"])
+    if concurrent < 1:
+        raise DragonflyError(f"max_concurrent must be at least 1, got {concurrent}: set it to 1 or more")
+    return rules, int(config["max_tokens_limit"]), concurrent
 
 
 class DragonflyModel(mlflow.pyfunc.PythonModel):
@@ -70,12 +75,13 @@ class DragonflyModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from dragonfly.inference import load
 
-        self.rules, self.max_tokens_limit = settings(context.model_config)
+        self.rules, self.max_tokens_limit, concurrent = settings(context.model_config)
         self.model, self.processor = load(context.artifacts[ARTIFACT])
-        # One generation at a time: torch's own threads already use every core, and each
-        # concurrent generation would hold its own activations (the server runs requests in
-        # threads).
-        self.lock = threading.Lock()
+        # The server runs each request in a thread of its pool, and each generation in
+        # flight holds its own activations, so their number is bounded. One at a time by
+        # default: torch's threads already fill the cores, and on the 2-core benchmark
+        # machine 2 or 8 at once served fewer requests per second (benchmarks/README.md).
+        self.slots = threading.BoundedSemaphore(concurrent)
 
     # The DataFrame hint keeps mlflow 3 from deriving a schema from hints (it warns on a
     # missing hint); a chat body still arrives as the dict the server parsed.
@@ -108,7 +114,7 @@ class DragonflyModel(mlflow.pyfunc.PythonModel):
         from dragonfly.inference import QuestionError, answer
 
         try:
-            with self.lock:
+            with self.slots:
                 return answer(self.model, self.processor, images, questions, max_new_tokens, temperature)
         except QuestionError as err:  # its message names the problem and the fix already
             raise RequestError(str(err)) from None

@@ -155,3 +155,16 @@ def test_the_response_is_the_chat_completion_shape():
         {"index": 0, "message": {"role": "assistant", "content": "a cat"}, "finish_reason": "stop"}
     ]
     assert out["custom_outputs"]["high_grid"] == [6, 4] and out["id"].startswith("chatcmpl-")
+
+
+def test_temperature_above_zero_samples_and_zero_is_greedy(served, picture, monkeypatch):
+    seen = []
+    generate = served.model.generate
+    monkeypatch.setattr(served.model, "generate", lambda **kw: seen.append(kw) or generate(**kw))
+    url = data_url(encoded(picture))
+    served.predict(None, chat(text("Q"), image(url), max_tokens=3, temperature=1.5))
+    served.predict(None, chat(text("Q"), image(url), max_tokens=3))
+    assert [(k["do_sample"], k.get("temperature"), k["max_new_tokens"]) for k in seen] == [
+        (True, 1.5, 3),
+        (False, None, 3),
+    ]

@@ -51,7 +51,8 @@ CONFIG = {
 
 def settings(config: Mapping | None) -> tuple[ImageRules, int, int]:
     """The image rules, the max_tokens limit and how many generations may run at once, from
-    a model config; an unknown key is an error."""
+    a model config; an unknown key is an error (mlflow's loader already drops keys the model
+    was not logged with, with a warning; this catches a config passed any other way)."""
     config = {**CONFIG, **(config or {})}
     unknown = sorted(set(config) - set(CONFIG))
     if unknown:

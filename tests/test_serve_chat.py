@@ -80,7 +80,10 @@ def test_a_png_sent_as_jpeg_is_refused(picture):
 
 def test_image_bytes_over_the_limit_are_refused_before_decoding(picture):
     small = ImageRules(max_bytes=100)
-    assert "above the limit of 100" in refusal(lambda: from_data_url(data_url(encoded(picture)), "image", small))
+    assert "over 100 bytes, the limit" in refusal(lambda: from_data_url(data_url(encoded(picture)), "image", small))
+    assert "above the limit of 100" in refusal(lambda: from_cell(encoded(picture), "row 0 image", small))
+    exact = encoded(picture)  # the limit itself is allowed, through either door
+    assert from_data_url(data_url(exact), "image", ImageRules(max_bytes=len(exact))).size == picture.size
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -63,7 +63,12 @@ def from_data_url(url: str, where: str, rules: ImageRules) -> Image.Image:
         )
     if "base64" not in [p.strip().lower() for p in match["params"].split(";")]:
         raise RequestError(f"{where} is a data URL without ;base64: {SEND_BYTES}")
-    data = _b64decode(match["payload"], where)
+    # base64 is 4 characters per 3 bytes (line breaks aside): refuse an oversized image
+    # before decoding it.
+    payload = match["payload"]
+    if (len(payload) - payload.count("\n") - payload.count("\r")) // 4 * 3 > rules.max_bytes + 3:
+        raise RequestError(f"{where} holds over {rules.max_bytes} bytes, the limit: send a smaller image")
+    data = _b64decode(payload, where)
     return decode(data, where, rules, (IMAGE_TYPES[declared],))
 
 

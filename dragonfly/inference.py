@@ -80,8 +80,11 @@ def check_prompt(processor, question: str, length: int, max_new_tokens: int, max
 
 
 @torch.inference_mode()
-def answer(model, processor, images: list, questions: list[str], max_new_tokens: int = 32) -> list[Answer]:
-    """Greedy answers for (image, question) pairs, batched with left padding."""
+def answer(
+    model, processor, images: list, questions: list[str], max_new_tokens: int = 32, temperature: float = 0.0
+) -> list[Answer]:
+    """Answers for (image, question) pairs, batched with left padding: greedy at
+    ``temperature`` 0, sampled above it."""
     if len(images) != len(questions):
         raise ValueError(f"{len(images)} images but {len(questions)} questions")
     for question in questions:
@@ -92,8 +95,10 @@ def answer(model, processor, images: list, questions: list[str], max_new_tokens:
     for question, length in zip(questions, inputs["attention_mask"].sum(dim=1).tolist(), strict=True):
         check_prompt(processor, question, length, max_new_tokens, max_positions)
     prefill = model(**inputs)  # one forward to report which tiles the zoom kept
+    # transformers warns when a temperature comes with greedy decoding: pass it only to sample.
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     generated = model.generate(
-        **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id
+        **inputs, max_new_tokens=max_new_tokens, pad_token_id=processor.tokenizer.pad_token_id, **sampling
     )
     texts = processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     kept = prefill.selected_tiles

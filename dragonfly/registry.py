@@ -1,7 +1,8 @@
 """The MLflow model registry: one registered model per pipeline track, `@candidate` on the
 newest version, `@champion` on the best one by the track's metric.
 
-`register` logs a ``save_pretrained`` directory as an MLflow pyfunc (``DragonflyModel``),
+`register` logs a ``save_pretrained`` directory as an MLflow pyfunc (``DragonflyModel`` of
+``dragonfly.serve.pyfunc``: a chat-completions body for ``mlflow models serve``, or a DataFrame),
 registers a version, tags it with its metrics and lineage, and moves `@champion` only when
 the new version beats the champion's metric (read from the champion version's tag) by more
 than ``min_gain``. `resolve_model` turns ``models:/name@alias`` or ``models:/name/3`` into a
@@ -31,16 +32,15 @@ from importlib import metadata
 from pathlib import Path
 
 import mlflow.pyfunc
-import pandas as pd
 
 from dragonfly.config import DEFAULT_PARAMS, ConfigError, from_dict, load_params
 from dragonfly.errors import CheckpointError, DragonflyError, close_match
+from dragonfly.serve.pyfunc import ARTIFACT, CONFIG, DragonflyModel
 from dragonfly.tracking import Tracker, metric_values, tracking_uri
 
 EXPERIMENT = "dragonfly-registry"
 CANDIDATE = "candidate"
 CHAMPION = "champion"
-ARTIFACT = "model_dir"  # the save_pretrained directory inside the logged pyfunc
 METRIC_TAG = "metric."
 MODEL_DIR_TAG = "dragonfly.model_dir"
 DIRECTIONS = ("maximize", "minimize")
@@ -51,7 +51,6 @@ DEFAULT_CACHE = Path(".dragonfly-models")
 PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 SOURCE_FILE = ".mlflow-source"  # which store's version a cached copy came from
 URI_FORMS = "models:/NAME@ALIAS or models:/NAME/VERSION"
-PREDICT_BATCH = 8
 
 
 # --- configuration ---------------------------------------------------------------------
@@ -111,37 +110,9 @@ def metrics_from_summary(summary: str | Path | Mapping[str, Mapping]) -> dict[st
 
 # --- the pyfunc ------------------------------------------------------------------------
 
-
-class DragonflyModel(mlflow.pyfunc.PythonModel):
-    """A saved Dragonfly as an MLflow pyfunc. Input: a DataFrame with columns ``image`` (a
-    file path) and ``question``; output: one answer string per row."""
-
-    def load_context(self, context) -> None:
-        from dragonfly.inference import load
-
-        self.model, self.processor = load(context.artifacts[ARTIFACT])
-
-    # A DataFrame hint tells mlflow 3 not to derive a schema from hints (it warns on a
-    # missing hint); the explicit signature of `_signature` describes the columns instead.
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
-        from dragonfly.inference import answer
-        from dragonfly.model.images import load_image
-
-        paths, questions = list(model_input["image"]), list(model_input["question"])
-        out: list[str] = []
-        for start in range(0, len(paths), PREDICT_BATCH):  # bounded memory on long inputs
-            chunk = slice(start, start + PREDICT_BATCH)
-            images = [load_image(p) for p in paths[chunk]]
-            out += [a.text for a in answer(self.model, self.processor, images, questions[chunk])]
-        return out
-
-
-def _signature():
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    inputs = Schema([ColSpec("string", "image"), ColSpec("string", "question")])
-    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("string")]))
+# DragonflyModel lives in dragonfly.serve.pyfunc (the chat body and the batch rules); it is
+# imported above, so the name also stays importable here, where versions logged before it
+# moved pickled it from.
 
 
 def _requirements() -> list[str]:
@@ -167,9 +138,14 @@ class Registration:
 
 
 # Warnings mlflow gives on every save that do not apply here: the pickle holds only a
-# reference to DragonflyModel (no weights), and an input example would make mlflow run
-# the model at save time on an image file it does not have.
-_SAVE_WARNINGS = ("An input example was not provided", "Passing a Python object as `python_model`")
+# reference to DragonflyModel (no weights); an input example would make mlflow load and run
+# the model at save time; and the model logs no signature on purpose (it takes a chat body
+# or a DataFrame, dragonfly.serve.pyfunc), so there is none to infer from its hints.
+_SAVE_WARNINGS = (
+    "An input example was not provided",
+    "Passing a Python object as `python_model`",
+    "Failed to infer model signature",
+)
 
 
 @contextlib.contextmanager
@@ -256,7 +232,9 @@ def _log_pyfunc(client, run_id: str, model_dir: Path, name: str) -> str:
             local,
             python_model=DragonflyModel(),
             artifacts={ARTIFACT: str(model_dir)},
-            signature=_signature(),
+            # No signature: the model takes a chat body or a DataFrame and checks either
+            # itself, with one-line errors (dragonfly.serve.pyfunc says why).
+            model_config=CONFIG,
             pip_requirements=_requirements(),
         )
         client.log_artifacts(run_id, str(local), path)

@@ -147,17 +147,28 @@ def test_registry_section_typo_is_named(tmp_path):
 
 
 def test_champion_loads_in_a_fresh_process(store, retina_png):
+    """A batch takes image bytes; a path only with the operator's image_root (model config)."""
     script = (
-        "import json, mlflow.pyfunc, pandas as pd\n"
+        "import json, sys, mlflow.pyfunc, pandas as pd\n"
+        f"path = {str(retina_png)!r}\n"
         "model = mlflow.pyfunc.load_model('models:/dragonfly@champion')\n"
-        f"frame = pd.DataFrame({{'image': [{str(retina_png)!r}], 'question': ['Any lesion?']}})\n"
+        "frame = pd.DataFrame({'image': [open(path, 'rb').read()], 'question': ['Any lesion?']})\n"
         "print('ANSWERS', json.dumps(model.predict(frame)))\n"
+        "try:\n"
+        "    model.predict(pd.DataFrame({'image': [path], 'question': ['Any lesion?']}))\n"
+        "except Exception as err:\n"
+        "    print('REFUSED', err)\n"
+        "rooted = mlflow.pyfunc.load_model('models:/dragonfly@champion', model_config={'image_root': sys.argv[1]})\n"
+        "frame = pd.DataFrame({'image': [path], 'question': ['Any lesion?']})\n"
+        "print('ROOTED', json.dumps(rooted.predict(frame)))\n"
     )
-    done = run([sys.executable, "-c", script], store)
+    done = run([sys.executable, "-c", script, str(retina_png.parent)], store)
     assert done.returncode == 0, done.stderr[-3000:]
-    line = next(x for x in done.stdout.splitlines() if x.startswith("ANSWERS "))
-    answers = json.loads(line.removeprefix("ANSWERS "))
+    lines = {x.split(" ", 1)[0]: x.split(" ", 1)[1] for x in done.stdout.splitlines() if " " in x}
+    answers = json.loads(lines["ANSWERS"])
     assert len(answers) == 1 and isinstance(answers[0], str), answers
+    assert "no image_root is configured" in lines["REFUSED"], lines
+    assert json.loads(lines["ROOTED"]) == answers
 
 
 def test_predict_command_takes_a_registry_uri(store, retina_png):

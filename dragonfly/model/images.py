@@ -6,6 +6,7 @@ loads here loads everywhere, and a file that fails names itself in the error.
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,33 +89,47 @@ def _pillow_allows(max_pixels: int) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def _too_large(path: Path, size: tuple[int, int], max_pixels: int) -> ImageTooLargeError:
+def _too_large(path: str | Path, size: tuple[int, int], max_pixels: int) -> ImageTooLargeError:
     w, h = size
     return ImageTooLargeError(path, f"{w}x{h} = {w * h} pixels, above the limit of {max_pixels} (max_image_pixels)")
 
 
-def _load_raster(path: Path, max_pixels: int) -> Image.Image:
+def load_image_bytes(
+    data: bytes, name: str, formats: tuple[str, ...], max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> Image.Image:
+    """Decode raster image bytes (e.g. from a request) as RGB with the same checks as
+    `load_image`; only Pillow's decoders for ``formats`` (e.g. ``("PNG", "JPEG")``) are tried,
+    so bytes from a stranger never reach the decoders of rarer formats. ``name`` stands for
+    the path in errors."""
+    return _load_raster(io.BytesIO(data), max_pixels, name, formats)
+
+
+def _load_raster(
+    source: Path | io.BytesIO, max_pixels: int, name: str | Path | None = None, formats: tuple[str, ...] | None = None
+) -> Image.Image:
+    label = source if name is None else name
     try:
-        with _pillow_allows(max_pixels), Image.open(path) as img:
+        with _pillow_allows(max_pixels), Image.open(source, formats=formats) as img:
             # open() reads only the header: refuse a huge image before decoding it.
             if img.width * img.height > max_pixels:
-                raise _too_large(path, img.size, max_pixels)
+                raise _too_large(label, img.size, max_pixels)
             # load() forces the full decode: a truncated JPEG opens fine and only fails here.
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
     except UnidentifiedImageError:
-        raise ImageLoadError(path, "not a recognised image format") from None
+        what = f"not a {' or '.join(formats)} image" if formats else "not a recognised image format"
+        raise ImageLoadError(label, what) from None
     except Image.DecompressionBombError as exc:
         # Not an OSError. Pillow refuses at open() what is over its own limit (which is at
         # least ours unless ours is raised), so its message carries the pixel count.
-        raise ImageTooLargeError(path, f"{exc} (max_image_pixels is {max_pixels})") from None
+        raise ImageTooLargeError(label, f"{exc} (max_image_pixels is {max_pixels})") from None
     except ImageLoadError:
         raise
     except NoFinitePixels as exc:
-        raise ImageLoadError(path, str(exc)) from None
+        raise ImageLoadError(label, str(exc)) from None
     except Exception as exc:  # decoders raise OSError, SyntaxError, struct.error, ...: all bad files
-        raise ImageLoadError(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
+        raise ImageLoadError(label, f"cannot decode image ({type(exc).__name__}: {exc})") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -99,7 +99,7 @@ def preflight(args: argparse.Namespace, node: Node, log=print) -> None:
     from dragonfly.train import stage_lock
 
     sets, out = plan(args)
-    stage = plan_stage(args.stage, args.profile, args.params, args.overrides, out, sets)
+    stage = plan_stage(args.stage, args.profile, args.params, [*sets, *args.overrides], out)
     with stage_lock.held(stage.out, True):  # no run of this machine may be training into it meanwhile
         _resume_decision(stage, node, log)
 

@@ -38,7 +38,7 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=15 tests
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
 
 # The inner loop: in-process unit tests only (no command, server or training run); see the
 # `integration` marker in tests/conftest.py.

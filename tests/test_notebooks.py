@@ -43,7 +43,7 @@ def test_the_three_notebooks_are_stored_without_outputs():
 
 def _env(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DRAGONFLY_", "MLFLOW_TRACKING_URI"))}
-    return {**env, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    return {**env, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,6 @@ def flow_env(root: Path) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
         "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "2",
         "PWD": str(root),
         "COLUMNS": "200",
     }

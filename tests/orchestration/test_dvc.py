@@ -105,7 +105,6 @@ def _environment(tmp: Path, code: Path) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "DRAGONFLY_TRACKING": "0",
-        "OMP_NUM_THREADS": "2",
         "DVC_SITE_CACHE_DIR": str(tmp / "dvc-site"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",  # `dragonfly ablate` logs by default
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",

@@ -31,9 +31,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
-# Two workers: each test has its own temporary folders, MLflow store, Prefect home and ports
+# Three workers on two cores (a third keeps the cores busy while another waits on a server or pip): each test has its own temporary folders, MLflow store, Prefect home and ports
 # (tests/conftest.py), so they run side by side; TEST_WORKERS=1 runs them one at a time.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 
 test: $(STAMP)
 	$(BIN)/ruff check .

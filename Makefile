@@ -19,14 +19,19 @@ comma := ,
 SKY_VENV := .venv-sky
 SKY_SPEC := skypilot$(if $(SKY_EXTRAS),[$(SKY_EXTRAS)])==0.14.1
 SKY_STAMP := $(SKY_VENV)/.installed-$(subst $(comma),-,$(or $(SKY_EXTRAS),none))
+UV_SPEC := uv==0.13.9
+UV = $(BIN)/uv pip install --quiet --python $(BIN)/python
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# torch first: the CPU build on disk; an unpinned torch would pull a multi-GB CUDA build.
+	# torch first, by pip: the CPU build on disk (uv does not look there); an unpinned torch
+	# would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -r requirements.lock
-	$(BIN)/pip install --quiet --no-deps -e .
+	# uv installs the exact pins in seconds where pip takes minutes; it reads PyPI, or the
+	# mirror named in UV_INDEX_URL (it does not read pip.conf).
+	$(BIN)/pip install --quiet $(UV_SPEC)
+	$(UV) -r requirements.lock
+	$(UV) --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -52,10 +57,10 @@ lint: $(STAMP)
 run: $(STAMP)
 	bash scripts/demo.sh
 
-$(SKY_STAMP):
+$(SKY_STAMP): $(STAMP)
 	test -x $(SKY_VENV)/bin/python || $(PY) -m venv $(SKY_VENV)
 	echo '*' > $(SKY_VENV)/.gitignore  # the environment ignores itself: nothing of it is ever committed
-	$(SKY_VENV)/bin/pip install --quiet '$(SKY_SPEC)'
+	$(BIN)/uv pip install --quiet --python $(SKY_VENV)/bin/python '$(SKY_SPEC)'
 	touch $(SKY_STAMP)
 
 sky: $(SKY_STAMP)

@@ -33,29 +33,29 @@ def _max_diff(a, b):
 
 @pytest.fixture(scope="module")
 def reference(workspace, run_cli):
-    """An uninterrupted 24-step run."""
+    """An uninterrupted 12-step run."""
     out = workspace / "runs" / "reference"
-    run_cli(*RUN, "--out", str(out), *CFG, "max_steps=24", "save_every=4", cwd=workspace)
+    run_cli(*RUN, "--out", str(out), *CFG, "max_steps=12", "save_every=4", cwd=workspace)
     return out
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(workspace, run_cli, reference, tmp_path):
     out = tmp_path / "killed"
     env = {"DRAGONFLY_TRACKING": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    proc = run_cli(*RUN, "--out", str(out), *CFG, "max_steps=24", "save_every=4", cwd=workspace, env=env, wait=False)
+    proc = run_cli(*RUN, "--out", str(out), *CFG, "max_steps=12", "save_every=4", cwd=workspace, env=env, wait=False)
     deadline = time.time() + 300
-    while not (out / "checkpoints" / "step-000008").is_dir():
+    while not (out / "checkpoints" / "step-000004").is_dir():
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.time() < deadline
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     steps_before = max(_losses(out))
-    assert steps_before < 24, "the run finished before it could be killed"
-    run_cli(*RUN, "--out", str(out), "--resume", *CFG, "max_steps=24", "save_every=4", cwd=workspace, env=env)
+    assert steps_before < 12, "the run finished before it could be killed"
+    run_cli(*RUN, "--out", str(out), "--resume", *CFG, "max_steps=12", "save_every=4", cwd=workspace, env=env)
 
     expected, got = _losses(reference), _losses(out)
-    assert sorted(got) == list(range(1, 25))
+    assert sorted(got) == list(range(1, 13))
     for step in expected:
         assert abs(expected[step] - got[step]) < 1e-6, (step, expected[step], got[step])
     assert _max_diff(_weights(reference), _weights(out)) < 1e-6
@@ -64,7 +64,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(workspace, run_cli, refer
     runs = mlflow.search_runs(experiment_names=["dragonfly-tiny"], output_format="list")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the resumed run continued the same run
     history = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "loss")
-    assert {m.step for m in history} == set(range(1, 25))
+    assert {m.step for m in history} == set(range(1, 13))
 
 
 def _preempted(cmd: list[str], cwd, out, logged: int) -> tuple[str, subprocess.Popen]:
@@ -86,15 +86,15 @@ def test_sigterm_finishes_the_step_saves_and_resume_matches_uninterrupted_run(wo
     """As a scheduler preempts: SIGTERM to the whole process group (DataLoader worker included),
     with no periodic checkpoint due before the end."""
     out = tmp_path / "preempted"
-    args = [*RUN, "--out", str(out), *CFG, "max_steps=24", "save_every=100", "num_workers=1"]
+    args = [*RUN, "--out", str(out), *CFG, "max_steps=12", "save_every=100", "num_workers=1"]
     stderr, proc = _preempted([sys.executable, "-m", "dragonfly.cli", *args], workspace, out, logged=3)
     assert proc.returncode == 143, stderr[-3000:]
     assert "stopped by SIGTERM after step" in stderr and "Traceback" not in stderr
     saved = [step for step, _ in checkpoint.list_checkpoints(out / "checkpoints")]
-    assert saved == [max(_losses(out))] and saved[0] < 24  # the step under way, finished and saved
+    assert saved == [max(_losses(out))] and saved[0] < 12  # the step under way, finished and saved
     run_cli(*args, "--resume", cwd=workspace)
     expected, got = _losses(reference), _losses(out)
-    assert sorted(got) == list(range(1, 25))
+    assert sorted(got) == list(range(1, 13))
     assert max(abs(expected[step] - got[step]) for step in expected) < 1e-6
     assert _max_diff(_weights(reference), _weights(out)) < 1e-6
 
@@ -105,7 +105,7 @@ def test_sigterm_under_torchrun_saves_one_agreed_step(workspace, free_port, tmp_
     out = tmp_path / "preempted-ddp"
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
     launch += [f"--master_port={free_port()}", "-m", "dragonfly.cli"]
-    args = [*RUN, "--out", str(out), *CFG, "max_steps=24", "save_every=100"]
+    args = [*RUN, "--out", str(out), *CFG, "max_steps=12", "save_every=100"]
     stderr, _ = _preempted([*launch, *args], workspace, out, logged=2)
     assert "stopped by SIGTERM after step" in stderr, stderr[-3000:]
     saved = checkpoint.list_checkpoints(out / "checkpoints")
@@ -116,16 +116,16 @@ def test_sigterm_under_torchrun_saves_one_agreed_step(workspace, free_port, tmp_
 
 def test_truncated_newest_checkpoint_falls_back(workspace, run_cli, reference, tmp_path):
     out = tmp_path / "damaged"
-    run_cli(*RUN, "--out", str(out), *CFG, "max_steps=24", "save_every=4", "keep_last=2", cwd=workspace)
+    run_cli(*RUN, "--out", str(out), *CFG, "max_steps=12", "save_every=4", "keep_last=2", cwd=workspace)
     kept = [step for step, _ in checkpoint.list_checkpoints(out / "checkpoints")]
-    assert kept == [20, 24]
-    newest = out / "checkpoints" / "step-000024" / "model.safetensors"
+    assert kept == [8, 12]
+    newest = out / "checkpoints" / "step-000012" / "model.safetensors"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     assert "model.safetensors is" in checkpoint.problem(newest.parent)
-    assert checkpoint.latest_valid(out / "checkpoints", lambda _: None).name == "step-000020"
+    assert checkpoint.latest_valid(out / "checkpoints", lambda _: None).name == "step-000008"
     (out / "final" / "model.safetensors").unlink()
-    result = run_cli(*RUN, "--out", str(out), "--resume", *CFG, "max_steps=24", "save_every=4", cwd=workspace)
-    assert "skipping checkpoint" in result.stdout and "at step 20/24" in result.stdout
+    result = run_cli(*RUN, "--out", str(out), "--resume", *CFG, "max_steps=12", "save_every=4", cwd=workspace)
+    assert "skipping checkpoint" in result.stdout and "at step 8/12" in result.stdout
     assert _max_diff(_weights(reference), _weights(out)) < 1e-6
 
 
@@ -133,13 +133,13 @@ def test_two_processes_match_one(workspace, run_cli, reference, tmp_path):
     out = tmp_path / "ddp"
     env = {"DRAGONFLY_TRACKING": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     # Same global batch (4): one process accumulates 2 micro-batches, two processes take one each.
-    run_cli(*RUN, "--out", str(out), *CFG, "max_steps=24", "save_every=12", cwd=workspace, env=env, torchrun=2)
+    run_cli(*RUN, "--out", str(out), *CFG, "max_steps=12", "save_every=6", cwd=workspace, env=env, torchrun=2)
     assert _max_diff(_weights(reference), _weights(out)) < 1e-5  # float summation order differs across ranks
     for step, loss in _losses(reference).items():
         assert abs(_losses(out)[step] - loss) < 1e-5
     lines = (out / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 24  # rank 0 alone logs
-    saved = out / "checkpoints" / "step-000024"
+    assert len(lines) == 12  # rank 0 alone logs
+    saved = out / "checkpoints" / "step-000012"
     assert checkpoint.problem(saved) is None
     assert {p.name for p in saved.glob("rng_*.json")} == {"rng_0.json", "rng_1.json"}  # one RNG state per rank
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])

@@ -69,8 +69,6 @@ def page(model_dir: str) -> None:
         question = st.text_input("Question", "What is in the image?")
         if st.form_submit_button("Answer", type="primary"):
             st.session_state.asked = True
-    rules = _rules(model_dir)
-    rule = st.radio("Selection rule of the picture (the first is the model's own)", rules, format_func=_label)
     if upload is None or not st.session_state.get("asked"):
         return
     data = upload.getvalue()
@@ -79,10 +77,12 @@ def page(model_dir: str) -> None:
     except (RequestError, DragonflyError) as err:
         st.error(str(err))  # one line: the problem and the fix
         return
-    st.caption(f"Answer ({_label(rules[0])}, the model's own rule)")
+    rules = _rules(model_dir)
+    st.caption(f"Answer (under the model's own selection rule, {_label(rules[0])})")
     with st.container(key="answer"):
         st.text(text)
-    st.image(_picture(model_dir, data, rule), caption=f"what the zoom kept under {_label(rule)}")
+    rule = st.radio("Selection rule of the picture", rules, format_func=_label, horizontal=True)
+    st.image(_picture(model_dir, data, rule), caption=f"the high tiles the zoom keeps under {_label(rule)}")
 
 
 if __name__ == "__main__":  # how `streamlit run` executes the script, on every interaction

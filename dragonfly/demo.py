@@ -69,7 +69,10 @@ def page(model_dir: str) -> None:
         question = st.text_input("Question", "What is in the image?")
         if st.form_submit_button("Answer", type="primary"):
             st.session_state.asked = True
-    if upload is None or not st.session_state.get("asked"):
+    if not st.session_state.get("asked"):
+        return
+    if upload is None:  # also when Answer is pressed while the file is still uploading
+        st.warning("No image yet: choose a PNG or JPEG, let its upload finish, then press Answer.")
         return
     data = upload.getvalue()
     try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -23,10 +25,13 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 from dragonfly.inference import answer
+from dragonfly.registry import RegistryTrack, register
 
 pytestmark = pytest.mark.integration  # a real server and a browser: not in `make test-fast`
 
+REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+METRIC = "synth_general.vqa_open_exact_match"
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (`make browser`), not Playwright's download
 CHROMIUM_ARGS = [
     "--headless",
@@ -62,15 +67,33 @@ def png(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
+def readme_command(port: int) -> list[str]:
+    """The README's demo command ("Demo page"), on this test's port."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n### Demo page\n", 1)[1].split("\n## ", 1)[0]
+    [line] = [b.strip() for b in re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL) if "dragonfly demo" in b]
+    args = shlex.split(line, comments=True)
+    assert args[0] == ".venv/bin/dragonfly"
+    return [str(BIN / "dragonfly"), *args[1:], "--port", str(port)]
+
+
 @pytest.fixture(scope="module")
 def demo(saved_tiny, tmp_path_factory):
-    """`dragonfly demo --model <the tiny model> --port <free>`, in its own process group,
-    stopped after the module; yields the page's URL."""
+    """The README's `dragonfly demo --model models:/dragonfly@champion`, the tiny model
+    registered as the champion of a fresh store, in its own process group, stopped after
+    the module; yields the page's URL."""
+    root = tmp_path_factory.mktemp("demo")
+    uri = f"sqlite:///{root}/mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        register(saved_tiny, {METRIC: 0.5}, RegistryTrack(model="dragonfly", metric=METRIC), uri=uri)
     port = free_port()
-    log = tmp_path_factory.mktemp("demo") / "demo.log"
+    log = root / "demo.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [str(BIN / "dragonfly"), "demo", "--model", str(saved_tiny), "--port", str(port)],
+            readme_command(port),
+            cwd=root,
+            env={**os.environ, "MLFLOW_TRACKING_URI": uri},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -139,13 +162,17 @@ def ask(page, name: str, data: bytes, question: str = QUESTION) -> None:
     page.get_by_role("button", name="Answer").click()
 
 
-def shown(page, selector: str) -> str:
-    """The text of ``selector`` once it shows; a failure naming what the page shows instead."""
+def shown(page, selector: str, holding: str | None = None) -> str:
+    """The text of ``selector`` (the one ``holding`` that text) once it shows; a failure
+    naming what the page shows instead."""
+    element = page.locator(selector, has_text=holding)
     try:
-        page.locator(selector).wait_for()
+        element.wait_for()
     except PlaywrightTimeout:
-        pytest.fail(f"no {selector} on the page after {WAIT_MS / 1000:.0f} s; it shows:\n{page.inner_text('body')}")
-    return page.locator(selector).text_content()
+        pytest.fail(
+            f"no {selector} {holding or ''} after {WAIT_MS / 1000:.0f} s; the page shows:\n{page.inner_text('body')}"
+        )
+    return element.text_content()
 
 
 def shown_picture(page, other_than: str | None = None) -> str:
@@ -175,12 +202,23 @@ def test_the_page_answers_and_redraws_the_zoom_per_rule(page, tiny, photo):
 
 
 def test_a_file_that_is_not_an_image_is_one_error_line_then_the_page_answers(page, tiny, photo):
+    page.get_by_role("button", name="Answer").click()
+    shown(page, "[data-testid='stAlert']", holding="No image yet")
     ask(page, "notes.png", b"these bytes are not an image")
-    line = shown(page, "[data-testid='stAlert']").strip()
-    assert "not a PNG or JPEG image" in line and "\n" not in line, line
+    line = shown(page, "[data-testid='stAlert']", holding="not a PNG or JPEG image").strip()
+    assert line.startswith("the upload: ") and "\n" not in line, line
     assert page.locator("[data-testid='stException']").count() == 0  # no traceback on the page
     [want] = answer(*tiny, [photo], [QUESTION])
     ask(page, "photo.png", png(photo))
     assert shown(page, ".st-key-answer") == want.text
     assert page.locator("[data-testid='stAlert']").count() == 0
     shown_picture(page)
+
+
+def test_a_model_that_is_not_there_is_refused_before_a_page_starts(tmp_path):
+    from typer.testing import CliRunner
+
+    from dragonfly.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--model", str(tmp_path / "nope")])
+    assert result.exit_code != 0 and "nope not found" in str(result.exception)

@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 
-.PHONY: install test test-fast lint run bench clean sky
+.PHONY: install browser test test-fast lint run bench clean sky
 
 # SkyPilot, the cluster launcher (sky/, docs/sky.md), lives in a tool environment of its own: its
 # click pin conflicts with this project's stack, and it never imports dragonfly. It is called as
@@ -40,7 +40,15 @@ install: $(STAMP)
 # (tests/conftest.py), so they run side by side; TEST_WORKERS=1 runs them one at a time.
 TEST_WORKERS ?= 3
 
-test: $(STAMP)
+# The demo page's test (tests/test_demo_page.py) drives Debian's chromium, not a browser
+# Playwright downloads: a system package, so apt installs it on a fresh machine (as root, or
+# through sudo).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+browser:
+	test -x /usr/bin/chromium || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=25 tests

@@ -16,9 +16,9 @@ from dragonfly.model.constants import IMAGE_TOKEN
 from dragonfly.weights import load_strict
 
 
-def load(model_dir: str | Path, dtype: str = "float32"):
-    """Model (eval mode) + processor from a ``save_pretrained`` directory; tensors that do
-    not match the model are an error (see ``dragonfly.weights``)."""
+def check_checkpoint(model_dir: str | Path) -> Path:
+    """``model_dir`` when it holds a Dragonfly ``save_pretrained`` folder (its files, not its
+    weights: the cheap checks a command makes before starting anything); CheckpointError if not."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"model directory {model_dir} not found")
@@ -30,6 +30,13 @@ def load(model_dir: str | Path, dtype: str = "float32"):
     missing = [f for f in ("config.json", "processor_config.json") if not (model_dir / f).is_file()]
     if missing:
         raise CheckpointError(f"{model_dir} is not a Dragonfly checkpoint (missing {', '.join(missing)})")
+    return model_dir
+
+
+def load(model_dir: str | Path, dtype: str = "float32"):
+    """Model (eval mode) + processor from a ``save_pretrained`` directory; tensors that do
+    not match the model are an error (see ``dragonfly.weights``)."""
+    model_dir = check_checkpoint(model_dir)
     model = load_strict(AutoModelForImageTextToText, model_dir, dtype=getattr(torch, dtype))
     processor = AutoProcessor.from_pretrained(model_dir)
     return model.eval(), processor

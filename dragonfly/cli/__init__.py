@@ -122,6 +122,37 @@ def predict(
         print(result.text)
 
 
+@app.command()
+def demo(
+    model: str = typer.Option(..., help="Saved Dragonfly directory, or models:/NAME@ALIAS or models:/NAME/VERSION."),
+    port: int = typer.Option(8501, min=1, max=65535, help="Port of the page on 127.0.0.1."),
+):
+    """Serve a page on 127.0.0.1:PORT: upload an image, ask MODEL about it, see the answer and
+    the tiles the zoom kept under each selection rule (Streamlit; README, "Demo page")."""
+    import importlib.util
+
+    from streamlit.web import cli as streamlit_cli
+
+    from dragonfly.inference import check_checkpoint
+    from dragonfly.registry import resolve_model
+
+    # Resolved and checked here, so a bad --model is one line now, not an error on the page.
+    folder = check_checkpoint(resolve_model(model)).resolve()
+    page = importlib.util.find_spec("dragonfly.demo").origin
+    print(f"Dragonfly demo of {model} on http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
+    # `streamlit run`, in this process: the page finds torch and the model code already
+    # imported. The page is for this machine only; it needs no file watcher nor developer
+    # menu (nothing is edited), and Streamlit sends no usage statistics.
+    # fmt: off
+    streamlit_cli.main([
+        "run", page,
+        "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
+        "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
+        "--", "--model-dir", str(folder),
+    ], prog_name="streamlit")
+    # fmt: on
+
+
 @app.command("convert-released")
 def convert_released(
     src: Path = typer.Argument(..., help="A released Dragonfly checkpoint folder (config.json, weights, tokenizer)."),

@@ -11,6 +11,9 @@ export DVC_NO_ANALYTICS := 1
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 
 .PHONY: install browser test test-fast lint run bench clean sky
+# Independent prerequisites build side by side: `make test` installs chromium (apt) while uv
+# installs the venv. A target's own recipe lines still run one after another.
+MAKEFLAGS += --jobs=2
 
 # SkyPilot, the cluster launcher (sky/, docs/sky.md), lives in a tool environment of its own: its
 # click pin conflicts with this project's stack, and it never imports dragonfly. It is called as
@@ -51,7 +54,7 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 # The inner loop: in-process unit tests only (no command, server or training run); see the
 # `integration` marker in tests/conftest.py.

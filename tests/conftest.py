@@ -1,6 +1,5 @@
 """Shared fixtures. Everything runs offline on CPU."""
 
-import json
 import os
 
 # Each pytest-xdist worker, and every process it starts, gets its share of the cores. torch's
@@ -140,17 +139,3 @@ def pytest_collection_modifyitems(config, items):
         folder = Path(str(item.fspath)).parent.name
         if folder in INTEGRATION_FOLDERS or INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
-    _longest_files_first(items)
-
-
-# pytest-xdist (--dist loadfile) hands out whole files in collection order, so a long file
-# collected last runs alone at the end. Longest first (seconds per file of a full run, in
-# durations.json; a file not listed counts as mid-sized) keeps every worker busy to the end.
-DURATIONS = json.loads((Path(__file__).parent / "durations.json").read_text())
-
-
-def _longest_files_first(items) -> None:
-    def seconds(item) -> int:
-        return DURATIONS.get(Path(str(item.fspath)).relative_to(REPO).as_posix(), 30)
-
-    items.sort(key=seconds, reverse=True)  # stable: a file's tests keep their order

@@ -112,8 +112,6 @@ def _environment(tmp: Path, code: Path) -> dict[str, str]:
         # the stages' deps is what the steps fingerprint.
         "PYTHONPATH": str(code),
         "COLUMNS": "200",
-        "PREFECT_HOME": str(tmp / "prefect"),  # the flow's ephemeral server keeps its database here
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
 
 
@@ -203,14 +201,8 @@ def test_dvc_repro_push_pull_and_experiments(tmp_path):
     assert other.status() == {}
     assert UP_TO_DATE in other("dvc", "status")
     assert other.ran("dvc", "repro") == []
-    # The step's own rule agrees: the pulled record says the stage is done; and so does the
-    # Prefect flow, run in the clone: every stage up to date, no model written again.
+    # The step's own rule agrees: the pulled record says the stage is done.
     assert "up to date" in other("dragonfly", "train", "--stage", "med2")
-    pulled = _mtimes(clone)
-    flowed = other(sys.executable, "flows/dragonfly_pipeline.py", "--no-register-models", timeout=600)
-    for stage in TRAINED:
-        assert f"stage {stage}: up to date" in flowed, (stage, flowed[-3000:])
-    assert _mtimes(clone) == pulled
 
     # An experiment on a stage key retrains that stage and its evaluation only.
     assert sh.ran("dvc", "exp", "run", "-n", "med3-lr", "-S", "profiles.tiny.stages.med3.lr=2e-4") == [

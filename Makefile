@@ -54,7 +54,14 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 browser:
 	test -x /usr/bin/chromium || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
-test: $(STAMP) browser
+# DeepSpeed compiles its CPU comm op on first use (~35 s, 60 CPU-s; docs/deepspeed.md): built
+# here by DeepSpeed's own call, so it overlaps chromium's install and no test waits on it.
+DS_OP := .torch_extensions/deepspeed_shm_comm/deepspeed_shm_comm.so
+
+$(DS_OP): $(STAMP)
+	$(BIN)/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
+
+test: $(STAMP) browser $(DS_OP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	# Our own modules too, for the same reason (a second; stale ones are recompiled in memory).

@@ -42,6 +42,8 @@ def flow_env(root: Path) -> dict[str, str]:
         **env,
         "PREFECT_HOME": str(root / ".prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # Prefect's default (20 s) is short for a loaded 2-core machine; one run timed out.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
         "HF_HUB_OFFLINE": "1",
         "PWD": str(root),

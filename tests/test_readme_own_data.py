@@ -2,8 +2,9 @@
 YAML goes into a copy of params.yaml, its commands run verbatim with `bash -e` from the
 project folder, on a small generated dataset in the LLaVA layout with relative paths.
 
-Two changes from a user's run, both for the suite's time: the dataset has 20 images (80
-questions) instead of 300, and the tiny vision tower pretrains 20 steps on 32 scenes.
+Three changes from a user's run, all for the suite's time: the dataset has 20 images (80
+questions) instead of 300, the tiny vision tower pretrains 20 steps on 32 scenes, and
+general2 takes one epoch instead of four (nothing here asserts how well it learns).
 MLflow is not redirected: the runs must land in `mlflow.db` at the project root, as the
 README says."""
 
@@ -41,6 +42,7 @@ def _blocks(kind: str) -> list[str]:
 def _project(tmp_path: Path) -> Path:
     tree = yaml.safe_load((REPO / "params.yaml").read_text())
     tree["profiles"]["tiny"]["vision_pretrain"].update(steps=20, images=32, warmup_steps=2)
+    tree["profiles"]["tiny"]["stages"]["general2"]["epochs"] = 1
     (mixture,) = _blocks("yaml")
     tree["data"]["mixtures"].update(yaml.safe_load(textwrap.dedent(mixture)))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))

@@ -131,6 +131,8 @@ def test_the_flow_sends_a_stage_to_skypilot_and_reports_its_failure_in_one_line(
     error), the launch runs, and with no cloud reachable SkyPilot's own error ends the flow."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DRAGONFLY_"))}
     env.update(HOME=str(sky_home), PREFECT_HOME=str(tmp_path / "prefect"), HF_TOKEN="x", MLFLOW_TRACKING_URI="")
+    # Prefect's default (20 s) is short for a loaded 2-core machine: this test timed out once.
+    env.update(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
     cmd = [sys.executable, "flows/dragonfly_pipeline.py", "--profile", "paper", "--stage", "general1"]
     cmd += ["--train-on", "sky", "--sky", "data_bucket=s3://dragonfly-test-data", "--sky", "ckpt_bucket=test-runs"]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)

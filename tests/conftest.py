@@ -13,6 +13,7 @@ for key, value in {
     "TRANSFORMERS_OFFLINE": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",  # 20 s timed out on a loaded 2-core machine
     "DVC_NO_ANALYTICS": "1",
 }.items():
     os.environ.setdefault(key, value)

@@ -23,8 +23,10 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-# Every MLflow write in the tests goes to a throwaway sqlite store, never ./mlflow.db.
-os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='dragonfly-mlflow-')}/mlflow.db")
+# Every MLflow write in the tests goes to a throwaway sqlite store, never ./mlflow.db, one per
+# process: set, not defaulted, because xdist workers inherit the controller's environment, and
+# two workers creating one store at once fail MLflow's schema migration.
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='dragonfly-mlflow-')}/mlflow.db"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

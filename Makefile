@@ -66,7 +66,7 @@ test: $(STAMP) browser $(DS_OP)
 	$(BIN)/ruff format --check .
 	# Our own modules too, for the same reason (a second; stale ones are recompiled in memory).
 	$(BIN)/python -m compileall -q dragonfly flows tests
-	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 # The inner loop: in-process unit tests only (no command, server or training run); see the
 # `integration` marker in tests/conftest.py.

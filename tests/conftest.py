@@ -1,12 +1,20 @@
 """Shared fixtures. Everything runs offline on CPU."""
 
+import json
 import os
 
 # Each pytest-xdist worker, and every process it starts, gets its share of the cores. torch's
 # OpenMP pool spin-waits when the cores are oversubscribed: with two workers of two threads each
-# on CI's two cores, a 9-second training run took 145 s. Set before torch is imported.
+# on CI's two cores, a 9-second training run took 145 s. Set before torch is imported, and set
+# in a worker, not defaulted: the controller imports this file first (as one process, so it
+# defaults to every core) and its workers inherit that value. Defaulting it there gave three
+# workers two threads each, and the suite spent a third of its CPU time spin-waiting.
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _workers)))
+_threads = str(max(1, len(os.sched_getaffinity(0)) // _workers))
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = _threads
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", _threads)
 
 for key, value in {
     "HF_HUB_OFFLINE": "1",
@@ -32,6 +40,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case a plugin imported torch before us
 
 
 @pytest.fixture(scope="session")
@@ -142,3 +152,19 @@ def pytest_collection_modifyitems(config, items):
         folder = Path(str(item.fspath)).parent.name
         if folder in INTEGRATION_FOLDERS or INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+    _longest_files_first(items)
+
+
+# pytest-xdist (--dist loadfile, --no-loadscope-reorder) hands out whole files in collection
+# order, so a long file collected last runs alone at the end: test_dvc alone took the last
+# three minutes of a 13.5-minute run. Longest first keeps every worker busy to the end.
+# durations.json: seconds per file in a full `make test` run (files under 15 s are left out
+# and count as 10); a stale entry only changes the order, never what runs.
+DURATIONS = json.loads((Path(__file__).parent / "durations.json").read_text())
+
+
+def _longest_files_first(items) -> None:
+    def seconds(item) -> int:
+        return DURATIONS.get(Path(str(item.fspath)).relative_to(REPO).as_posix(), 10)
+
+    items.sort(key=seconds, reverse=True)  # stable: a file's tests keep their order

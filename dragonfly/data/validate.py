@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dragonfly.data.quarantine import Converted, Rejection
-from dragonfly.data.schema import ImageCheck, Sample, sample_image_problem, split_origin, table_problems
+from dragonfly.data.schema import ImageCheck, Sample, sample_image_problem, split_origin
 
 
 def reject(sample: Sample, reason: str, detail: str) -> Rejection:
@@ -36,6 +36,8 @@ def validate_samples(
     progress: Callable[[int], None] | None = None,
 ) -> Converted:
     """Split `samples` into good ones and rejections; `image_check=None` skips decoding images."""
+    from dragonfly.data.table import table_problems  # pandas + pandera: ~1 s, only where data is validated
+
     problems = table_problems(samples)
     out = Converted()
     cache: dict[str, tuple[str, str] | None] = {}
